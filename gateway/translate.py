@@ -1,0 +1,122 @@
+"""REST+JSON <-> protobuf: bodies through the proto3 JSON mapping, query strings by table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
+
+from services.kit import errors
+
+M = TypeVar("M", bound=Message)
+
+_AT_PATH = re.compile(r" at (?:\"?)[A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+?)\.?\"?(?:\.|$)")
+_FIELD = re.compile(r"Failed to parse (\w+) field")
+_NO_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+def _violation(
+    field: str, description: str, reason: str = "BODY_INVALID"
+) -> errors.InvalidArgument:
+    return errors.invalid([errors.FieldViolation(field, description)], reason)
+
+
+def parse_body(raw: bytes, message: M, root: str = "body") -> M:
+    """Fills `message` from a JSON body; 400 naming the field when it does not fit."""
+    if not raw.strip():
+        raise _violation(root, "a JSON object is required", "BODY_MISSING")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _violation(root, "is not valid JSON", "BODY_MALFORMED") from None
+    if not isinstance(data, dict):
+        raise _violation(root, "must be a JSON object")
+    try:
+        json_format.ParseDict(data, message, ignore_unknown_fields=False, max_recursion_depth=32)
+    except (json_format.ParseError, RecursionError, TypeError, ValueError) as exc:
+        field, description = _describe(str(exc))
+        raise _violation(field, description) from None
+    return message
+
+
+def _describe(text: str) -> tuple[str, str]:
+    first_line = text.splitlines()[0] if text else "invalid value"
+    unknown = _NO_FIELD.search(first_line)
+    if unknown:
+        return unknown.group(1)[:100], "is not a known field"
+    at = _AT_PATH.search(first_line)
+    leaf = _FIELD.search(first_line)
+    field = at.group(1) if at else leaf.group(1) if leaf else "body"
+    description = re.sub(r"^Failed to parse \w+ field: ", "", first_line)
+    description = re.sub(r" at [\w.\"]+\.?$", "", description).rstrip(".")
+    return field[:100], description[:200] or "invalid value"
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """The proto3 JSON mapping: lowerCamelCase names, enum names, int64 as strings."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=False)
+
+
+def query_int(query: Mapping[str, str], name: str, default: int = 0) -> int:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise _violation(name, "must be an integer", "QUERY_INVALID") from None
+    if not -(2**31) <= parsed < 2**31:
+        raise _violation(name, "is out of range", "QUERY_INVALID")
+    return parsed
+
+
+def query_bool(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "").lower()
+    if value in ("", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise _violation(name, "must be true or false", "QUERY_INVALID")
+
+
+def query_enum(query: Mapping[str, str], name: str, enum: Any, prefix: str) -> int:
+    """An enum by its full name (`VERDICT_HELPFUL`) or short name (`helpful`); 0 if absent."""
+    value = query.get(name, "")
+    if not value:
+        return 0
+    full = value.upper() if value.upper().startswith(prefix) else f"{prefix}{value.upper()}"
+    try:
+        number: int = enum.Value(full)
+    except ValueError:
+        names = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]
+        raise _violation(name, f"must be one of {', '.join(names)}", "QUERY_INVALID") from None
+    if number == 0:
+        raise _violation(name, "must not be UNSPECIFIED", "QUERY_INVALID")
+    return number
+
+
+def query_time(query: Mapping[str, str], name: str, out: timestamp_pb2.Timestamp) -> bool:
+    """Sets `out` from an RFC 3339 time; False when the parameter is absent."""
+    value = query.get(name, "")
+    if not value:
+        return False
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _violation(name, "must be an RFC 3339 time", "QUERY_INVALID") from None
+    if parsed.tzinfo is None:
+        raise _violation(name, "must include a time zone offset", "QUERY_INVALID")
+    out.FromDatetime(parsed.astimezone(dt.UTC))
+    return True
+
+
+def check_known(query: Mapping[str, str], known: frozenset[str]) -> None:
+    """Unknown query parameters are refused rather than silently ignored."""
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise _violation(unknown[0][:100], "is not a known query parameter", "QUERY_INVALID")

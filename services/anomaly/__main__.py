@@ -1,0 +1,7 @@
+"""`python -m services.anomaly`: runs the anomaly service until SIGTERM."""
+
+from services.anomaly import server
+from services.anomaly.settings import AnomalySettings
+from services.kit import bootstrap
+
+bootstrap.main("anomaly", AnomalySettings.from_env, lambda s: s.server, server.running)

@@ -1,0 +1,240 @@
+"""Server interceptors: `observe` (access log + Prometheus metrics) and `errors`
+(domain errors -> rich gRPC status; anything else -> INTERNAL without leaking details)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from services.kit import errors
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("aiops.access")
+
+STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+)
+HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+)
+HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to handle an RPC on the server, in seconds.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+Behavior = Callable[..., Any]
+Wrapper = Callable[[Behavior, str, bool, bool], Behavior]
+
+_QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> Any:
+    """Returns a copy of `handler` whose behaviour is wrapped."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, True),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        return _rewrap(  # type: ignore[no-any-return]
+            handler, lambda behavior, streaming: self.wrap(behavior, method, handler, streaming)
+        )
+
+    def wrap(
+        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
+    ) -> Behavior:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Turns `AiopsError` into a `google.rpc.Status` with ErrorInfo/BadRequest/RetryInfo,
+    and any other exception into INTERNAL with the message `internal error`."""
+
+    def __init__(self, domain: str) -> None:
+        self._domain = domain
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        if isinstance(exc, NotImplementedError):
+            # The generated base servicer raises this for methods not built yet.
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+        if isinstance(exc, errors.AiopsError):
+            status = rpc_status.to_status(errors.to_status(exc, self._domain))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        log.error("unhandled error in rpc", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def wrap(
+        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
+    ) -> Behavior:
+        if streaming:
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    async for item in _as_async_iter(behavior(request, context)):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await self._abort(context, exc)
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await self._abort(context, exc)
+
+        return unary
+
+
+class ObserveInterceptor(_WrappingInterceptor):
+    """Records `grpc_server_*` metrics and writes one access-log line per RPC."""
+
+    def wrap(
+        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
+    ) -> Behavior:
+        service, name = _split(method)
+        kind = _rpc_type(handler)
+        quiet = service.startswith(_QUIET_SERVICES)
+        started = STARTED.labels(service, name, kind)
+        handling = HANDLING.labels(service, name, kind)
+
+        def finish(context: grpc.aio.ServicerContext[Any, Any], begin: float, code: str) -> None:
+            elapsed = time.perf_counter() - begin
+            handling.observe(elapsed)
+            HANDLED.labels(service, name, kind, code).inc()
+            if quiet:
+                return
+            level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
+            access_log.log(
+                level,
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "peer": context.peer(),
+                },
+            )
+
+        if streaming:
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started.inc()
+                begin = time.perf_counter()
+                code = "OK"
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = _code_name(context, "UNKNOWN")
+                    raise
+                finally:
+                    finish(context, begin, code if code != "OK" else _code_name(context, "OK"))
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started.inc()
+            begin = time.perf_counter()
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                finish(context, begin, code if code != "OK" else _code_name(context, "OK"))
+
+        return unary
+
+
+_SERVER_FAULTS = frozenset(
+    {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS", "UNIMPLEMENTED"}
+)
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
+    code = context.code()
+    if code is None:
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return errors.CODE_BY_NUMBER.get(int(code), grpc.StatusCode.UNKNOWN).name
+
+
+async def _as_async_iter(result: Any) -> AsyncIterator[Any]:
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        for item in result:
+            yield item

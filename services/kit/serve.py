@@ -1,0 +1,148 @@
+"""The one bootstrap for every gRPC server: interceptors, health, reflection, metrics port,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.kit import health as kit_health
+from services.kit import interceptors, tracing
+from services.kit.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Running:
+    """A started server: its bound ports and what shutdown needs."""
+
+    port: int
+    metrics_port: int
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    settings: ServerSettings
+    readiness: kit_health.Readiness
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def drain(self, hard: asyncio.Event | None = None) -> None:
+        """Goes NOT_SERVING, waits the drain period (or until `hard` is set), then stops
+        accepting calls and lets in-flight ones finish within the grace period."""
+        await self.readiness.stop()
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"drain_seconds": self.settings.shutdown_drain_seconds})
+        hard = hard or asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_drain_seconds):
+                await hard.wait()
+        grace = 0.0 if hard.is_set() else self.settings.shutdown_grace_seconds
+        await self.server.stop(grace)
+        self.stopped.set()
+        log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def grpc_server(
+    settings: ServerSettings,
+    *,
+    service_names: Sequence[str],
+    register: Callable[[grpc.aio.Server], None],
+    checks: Sequence[kit_health.Check] = (),
+) -> AsyncIterator[Running]:
+    """Builds, starts and finally stops one gRPC server.
+
+    Args:
+        settings: the shared server settings of the service.
+        service_names: full names of the services `register` adds (for health/reflection).
+        register: adds the servicers to the server.
+        checks: dependency pings that decide readiness.
+    """
+    domain = service_names[0].rsplit(".", 1)[0] if service_names else settings.service
+    server = grpc.aio.server(
+        interceptors=[
+            tracing.server_interceptor(),
+            interceptors.ObserveInterceptor(),
+            interceptors.ErrorInterceptor(domain),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        names = (*service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC port {settings.grpc_port}")
+    httpd, thread = start_http_server(settings.metrics_port, addr=_metrics_host(settings.host))
+    metrics_port = int(httpd.server_port)
+    readiness = kit_health.Readiness(
+        health_servicer,
+        settings.service,
+        service_names,
+        checks,
+        settings.health_probe_interval_seconds,
+    )
+    running = Running(port, metrics_port, server, health_servicer, settings, readiness)
+    try:
+        await server.start()
+        await health_servicer.set("", kit_health.SERVING)
+        await readiness.start()
+        log.info(
+            "serving",
+            extra={
+                "grpc_port": port,
+                "metrics_port": metrics_port,
+                "services": list(service_names),
+            },
+        )
+        yield running
+    finally:
+        await readiness.stop()
+        if not running.stopped.is_set():
+            await server.stop(settings.shutdown_grace_seconds)
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _metrics_host(host: str) -> str:
+    return "::" if host in ("[::]", "::") else host.strip("[]")
+
+
+async def run_until_signal(cm: AbstractAsyncContextManager[Running]) -> None:
+    """Runs a server until SIGTERM/SIGINT. The first signal drains gracefully; a second
+    one stops at once."""
+    loop = asyncio.get_running_loop()
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (second if first.is_set() else first).set()
+
+    async with cm as running:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await first.wait()
+        log.info("shutdown signal received")
+        await running.drain(second)
+
+
+def main(cm_factory: Callable[[], AbstractAsyncContextManager[Running]]) -> None:
+    """Entry point used by every service's `__main__`."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_until_signal(cm_factory()))

@@ -1,0 +1,167 @@
+"""Fixtures: real Redis/Postgres (tests.servers), in-process gRPC servers entered through
+the production `server.running(settings)`, and the gateway over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
+
+from gateway import app as gateway_app
+from gateway import keyring
+from gateway.settings import GatewaySettings
+from services.anomaly import server as anomaly_server
+from services.anomaly.settings import AnomalySettings
+from services.feedback import server as feedback_server
+from services.feedback.settings import FeedbackSettings
+from services.kit import serve
+from services.remediation import server as remediation_server
+from services.remediation.settings import RemediationSettings
+from services.telemetry import server as telemetry_server
+from services.telemetry.settings import TelemetrySettings
+
+pytest_plugins = ["tests.servers"]
+
+ISSUER = "aiops"
+AUDIENCE = "aiops-api"
+
+
+def feedback_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "AIOPS_REDIS_URL": redis_url,
+        "AIOPS_FEEDBACK_KEY_PREFIX": prefix,
+        "AIOPS_FEEDBACK_GRPC_PORT": "0",
+        "AIOPS_FEEDBACK_METRICS_PORT": "0",
+        "AIOPS_BIND_HOST": "127.0.0.1",
+        "AIOPS_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "AIOPS_HEALTH_PROBE_INTERVAL_SECONDS": "0.1",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def feedback_running(redis_url: str, redis_prefix: str) -> AsyncIterator[serve.Running]:
+    settings = FeedbackSettings.from_env(feedback_env(redis_url, redis_prefix))
+    async with feedback_server.running(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def feedback_stub(
+    feedback_running: serve.Running,
+) -> AsyncIterator[fb_grpc.FeedbackServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{feedback_running.port}") as channel:
+        yield fb_grpc.FeedbackServiceStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def other_services() -> AsyncIterator[dict[str, serve.Running]]:
+    """Telemetry, anomaly and remediation on free ports (they need no storage yet)."""
+    base = {"AIOPS_BIND_HOST": "127.0.0.1", "AIOPS_SHUTDOWN_GRACE_SECONDS": "0.2"}
+    async with contextlib.AsyncExitStack() as stack:
+        out: dict[str, serve.Running] = {}
+        for name, settings_cls, module in (
+            ("telemetry", TelemetrySettings, telemetry_server),
+            ("anomaly", AnomalySettings, anomaly_server),
+            ("remediation", RemediationSettings, remediation_server),
+        ):
+            env = {
+                **base,
+                f"AIOPS_{name.upper()}_GRPC_PORT": "0",
+                f"AIOPS_{name.upper()}_METRICS_PORT": "0",
+            }
+            out[name] = await stack.enter_async_context(
+                module.running(settings_cls.from_env(env))  # type: ignore[attr-defined]
+            )
+        yield out
+
+
+class Gateway:
+    """A gateway served over real HTTP on a free loopback port, with its keyring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ring: keyring.Keyring,
+        session: aiohttp.ClientSession,
+        settings: GatewaySettings,
+    ) -> None:
+        self.base_url = base_url
+        self.ring = ring
+        self.session = session
+        self.settings = settings
+
+    def token(
+        self,
+        *roles: str,
+        ttl: float = 600,
+        now: float | None = None,
+        subject: str = "tester",
+        **claims: Any,
+    ) -> str:
+        return keyring.mint_token(
+            self.ring,
+            subject=subject,
+            roles=list(roles),
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            ttl_seconds=ttl,
+            now=now,
+        )
+
+    def auth(self, *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(*roles)}"}
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(
+    backends: Mapping[str, serve.Running], keyring_dir: Path, **extra: str
+) -> AsyncIterator[Gateway]:
+    env = {
+        "AIOPS_GATEWAY_JWT_KEYRING_DIR": str(keyring_dir),
+        "AIOPS_GATEWAY_PORT": "0",
+        "AIOPS_GATEWAY_HEALTH_CACHE_SECONDS": "0",
+        **extra,
+    }
+    for name, running in backends.items():
+        env[f"AIOPS_{name.upper()}_ADDR"] = f"127.0.0.1:{running.port}"
+        env[f"AIOPS_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{running.metrics_port}"
+    settings = GatewaySettings.from_env(env)
+    ring = keyring.Keyring.load_or_create(
+        keyring_dir, max_token_ttl_seconds=settings.max_token_ttl_seconds
+    )
+    application = gateway_app.create_app(settings, ring)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Gateway(f"http://127.0.0.1:{port}", ring, session, settings)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(feedback_running: serve.Running, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with (
+        other_services() as others,
+        serve_gateway({"feedback": feedback_running, **others}, tmp_path / "keys") as gw,
+    ):
+        yield gw
+
+
+@pytest.fixture
+def make_token(gateway: Gateway) -> Callable[..., str]:
+    return gateway.token
