@@ -50,8 +50,8 @@ _IDEMPOTENT = {
 }
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN_QUERY = ("access_token", "token", "jwt")
-REQUEST_ID_KEY = "request_id"
-ROUTE_KEY = "route_template"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+ROUTE_KEY = web.RequestKey("route_template", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -66,7 +66,7 @@ class _Schemas:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self._single(value)}
         single = self._single(field)
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             return {"type": "array", "items": single}
         return single
 

@@ -32,6 +32,7 @@ PROCESSES = (
     ("remediation", "services.remediation"),
     ("gateway", "gateway"),
 )
+GRPC_PORTS = (("feedback", 50051), ("telemetry", 50052), ("anomaly", 50053), ("remediation", 50054))
 _RESTART_DELAY_SECONDS = 2.0
 _STOP_TIMEOUT_SECONDS = 15.0
 
@@ -195,7 +196,11 @@ def _print_banner(
         "",
         "AIOps suite is running. Ctrl-C stops everything.",
         f"  gateway      {base}   (dashboard {base}/aiops, API {base}/openapi.json)",
-        "  gRPC         feedback :50051  telemetry :50052  anomaly :50053  remediation :50054",
+        "  gRPC         "
+        + "  ".join(
+            f"{name} :{env.get(f'AIOPS_{name.upper()}_GRPC_PORT') or default}"
+            for name, default in GRPC_PORTS
+        ),
         f"  redis        {redis.url if redis else 'external (AIOPS_REDIS_URL)'}",
         f"  postgres     {postgres.url if postgres else 'external (AIOPS_DATABASE_URL)'}",
         f"  backends     {', '.join(f'{k}={v}' for k, v in statuses.items()) or 'not ready yet'}",
@@ -211,7 +216,7 @@ def _print_banner(
         '"verdict":"VERDICT_FALSE_POSITIVE"}\'',
         f'  curl -s {base}/api/v1/aiops/feedback -H "Authorization: Bearer $TOKEN"',
         f"  curl -s {base}/metrics/aiops | grep aiops_feedback_total",
-        "  grpcurl -plaintext localhost:50051 list",
+        f"  grpcurl -plaintext localhost:{env.get('AIOPS_FEEDBACK_GRPC_PORT') or 50051} list",
         "",
     ]
     print("\n".join(lines), flush=True)

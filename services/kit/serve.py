@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from services.kit import health as kit_health
 from services.kit import interceptors, tracing
@@ -89,8 +90,8 @@ async def grpc_server(
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     if port == 0:
         raise OSError(f"cannot bind gRPC port {settings.grpc_port}")
-    httpd, thread = start_http_server(settings.metrics_port, addr=_metrics_host(settings.host))
-    metrics_port = int(httpd.server_port)
+    metrics_runner = await _start_metrics(settings)
+    metrics_port = int(metrics_runner.addresses[0][1])
     readiness = kit_health.Readiness(
         health_servicer,
         settings.service,
@@ -116,13 +117,26 @@ async def grpc_server(
         await readiness.stop()
         if not running.stopped.is_set():
             await server.stop(settings.shutdown_grace_seconds)
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        await metrics_runner.cleanup()
 
 
-def _metrics_host(host: str) -> str:
-    return "::" if host in ("[::]", "::") else host.strip("[]")
+def _metrics_host(host: str) -> str | None:
+    return None if host in ("[::]", "::", "0.0.0.0") else host.strip("[]")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _start_metrics(settings: ServerSettings) -> web.AppRunner:
+    """Serves `/metrics` on the service's own port, on the event loop (no extra thread)."""
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, _metrics_host(settings.host), settings.metrics_port).start()
+    return runner
 
 
 async def run_until_signal(cm: AbstractAsyncContextManager[Running]) -> None:
