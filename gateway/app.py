@@ -220,7 +220,7 @@ async def metrics_local(request: web.Request) -> web.Response:
 async def metrics_aiops(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     texts = await metrics.gather(
-        request.app[HTTP], [b.metrics_address for b in settings.backends], timeout=1.0
+        request.app[HTTP], [b.metrics_address for b in settings.backends], timeout_seconds=1.0
     )
     text = await asyncio.to_thread(metrics.render, [metrics.local_text(), *texts])
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
@@ -252,11 +252,14 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
             settings.health_timeout_seconds,
             settings.health_cache_seconds,
         )
-        app[KEYRING] = ring or await asyncio.to_thread(
-            keyring.Keyring.load_or_create,
-            settings.keyring_dir,
-            max_token_ttl_seconds=settings.max_token_ttl_seconds,
-        )
+        if ring is not None:
+            app[KEYRING] = ring
+        else:
+            app[KEYRING] = await asyncio.to_thread(
+                keyring.Keyring.load_or_create,
+                settings.keyring_dir,
+                max_token_ttl_seconds=settings.max_token_ttl_seconds,
+            )
         app[HTTP] = aiohttp.ClientSession()
         source: Any
         if settings.jwks_url:
@@ -275,7 +278,7 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
             await source.aclose()
             await app[HTTP].close()
             for ch in opened.values():
-                await ch.close()
+                await ch.close(grace=None)
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/health", health)

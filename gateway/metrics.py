@@ -78,14 +78,14 @@ def render(texts: Iterable[str], prefix: str = "aiops_") -> str:
 
 
 async def gather(
-    session: aiohttp.ClientSession, addresses: Sequence[str], timeout: float
+    session: aiohttp.ClientSession, addresses: Sequence[str], timeout_seconds: float
 ) -> list[str]:
     """Every reachable service's exposition text; an unreachable one is skipped."""
 
     async def fetch(address: str) -> str:
         try:
             async with session.get(
-                f"http://{address}/metrics", timeout=aiohttp.ClientTimeout(total=timeout)
+                f"http://{address}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_seconds)
             ) as resp:
                 return await resp.text() if resp.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError):

@@ -4,11 +4,15 @@ descriptors (proto3 JSON mapping), so the document cannot drift from the code.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from gateway import routes
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
@@ -71,11 +75,18 @@ class _Schemas:
         return single
 
     def _single(self, field: FieldDescriptor) -> dict[str, Any]:
+        # A message (enum) field always has its message_type (enum_type) set.
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            return self.ref(field.message_type)
+            return self.ref(cast(Descriptor, field.message_type))
         if field.type == FieldDescriptor.TYPE_ENUM:
-            return self.ref(field.enum_type)
+            return self.ref(cast(EnumDescriptor, field.enum_type))
         return dict(_SCALARS[field.type])
+
+
+def _descriptor(message: type[Message]) -> Descriptor:
+    """`message.DESCRIPTOR`; types-protobuf also allows the upb class, which is registered as
+    a `Descriptor` at runtime."""
+    return cast(Descriptor, message.DESCRIPTOR)
 
 
 _ERROR = {
@@ -102,7 +113,8 @@ def _param(p: routes.Param, schemas: _Schemas) -> dict[str, Any]:
     elif p.kind == "date-time":
         schema = {"type": "string", "format": "date-time"}
     else:
-        schema = schemas.ref(p.enum.DESCRIPTOR)  # type: ignore[attr-defined]
+        # An enum-prefix kind always comes with its enum.
+        schema = schemas.ref(cast("_EnumTypeWrapper[Any]", p.enum).DESCRIPTOR)
     return {
         "name": p.name,
         "in": "query",
@@ -125,7 +137,7 @@ def document(table: Sequence[routes.Route]) -> dict[str, Any]:
                 str(route.created_status): {
                     "description": "Success.",
                     "content": {
-                        "application/json": {"schema": schemas.ref(route.response.DESCRIPTOR)}
+                        "application/json": {"schema": schemas.ref(_descriptor(route.response))}
                     },
                 },
                 "default": {
@@ -154,7 +166,7 @@ def document(table: Sequence[routes.Route]) -> dict[str, Any]:
         if route.body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": schemas.ref(route.body.DESCRIPTOR)}},
+                "content": {"application/json": {"schema": schemas.ref(_descriptor(route.body))}},
             }
         paths.setdefault(route.path, {})[route.method.lower()] = op
     for path, summary in (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aiops.feedback.v1 import feedback_pb2 as fb
 from aiops.feedback.v1 import feedback_service_pb2 as fb_svc
@@ -16,6 +17,9 @@ from aiops.telemetry.v1 import telemetry_service_pb2 as tel_svc
 from google.protobuf.message import Message
 
 from gateway import translate
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 Builder = Callable[[Mapping[str, str], Mapping[str, str], bytes, Mapping[str, str]], Message]
 
@@ -27,7 +31,7 @@ class Param:
     name: str
     kind: str  # "string", "integer", "boolean", "date-time", or an enum prefix like "VERDICT_"
     description: str
-    enum: object | None = None
+    enum: _EnumTypeWrapper[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

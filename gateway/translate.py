@@ -6,14 +6,18 @@ import datetime as dt
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.kit import errors
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 M = TypeVar("M", bound=Message)
+EnumValue = TypeVar("EnumValue", bound=int)
 
 _AT_PATH = re.compile(r" at (?:\"?)[A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+?)\.?\"?(?:\.|$)")
 _FIELD = re.compile(r"Failed to parse (\w+) field")
@@ -84,16 +88,19 @@ def query_bool(query: Mapping[str, str], name: str) -> bool:
     raise _violation(name, "must be true or false", "QUERY_INVALID")
 
 
-def query_enum(query: Mapping[str, str], name: str, enum: Any, prefix: str) -> int:
+def query_enum(
+    query: Mapping[str, str], name: str, enum: _EnumTypeWrapper[EnumValue], prefix: str
+) -> EnumValue:
     """An enum by its full name (`VERDICT_HELPFUL`) or short name (`helpful`); 0 if absent."""
     value = query.get(name, "")
     if not value:
-        return 0
+        return cast(EnumValue, 0)
     full = value.upper() if value.upper().startswith(prefix) else f"{prefix}{value.upper()}"
     try:
-        number: int = enum.Value(full)
+        number = enum.Value(full)
     except ValueError:
-        names = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]
+        # An enum type wrapper, not a dict: it has keys() but cannot be iterated.
+        names = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]  # noqa: SIM118
         raise _violation(name, f"must be one of {', '.join(names)}", "QUERY_INVALID") from None
     if number == 0:
         raise _violation(name, "must not be UNSPECIFIED", "QUERY_INVALID")

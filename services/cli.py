@@ -58,7 +58,7 @@ def _keys(env: Mapping[str, str], action: str) -> int:
         print(ring.rotate())
         return 0
     published = {k["kid"] for k in ring.jwks()["keys"]}
-    for meta in ring.keys():
+    for meta in ring.keys():  # noqa: SIM118 (a Keyring, not a dict)
         state = (
             "active"
             if meta.kid == ring.active_kid

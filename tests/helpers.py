@@ -14,7 +14,8 @@ from grpc_status import rpc_status
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
+# `timeout` bounds the polling; callers are not meant to wrap this in asyncio.timeout.
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:  # noqa: ASYNC109
     """Retries `check` until it stops raising AssertionError, or re-raises at the timeout."""
     deadline = time.monotonic() + timeout
     while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import enum
 import hashlib
 import json
@@ -419,7 +420,7 @@ class FeedbackBook:
             if cursor is None:
                 return deleted
 
-    async def stats(self, target_kind: TargetKind | None) -> list[GroupCounts]:
+    async def stats(self, target_kind: TargetKind | None) -> builtins.list[GroupCounts]:
         return await self._store.stats(target_kind, self._clock())
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import grpc
 from aiops.feedback.v1 import feedback_pb2 as fb
@@ -155,7 +156,11 @@ def _author(context: Context) -> str:
     return "anonymous"
 
 
-def _enum(table: dict[int, Any], value: int, name: str, *, required: bool) -> Any:
+K = TypeVar("K", bound=int)
+E = TypeVar("E")
+
+
+def _enum(table: Mapping[K, E], value: K, name: str, *, required: bool) -> E | None:
     if value == 0:
         if required:
             raise errors.invalid([errors.FieldViolation(name, "is required")], "FEEDBACK_INVALID")
@@ -187,7 +192,7 @@ def _draft(msg: fb.Feedback, prefix: str) -> domain.Draft:
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(round(seconds * 1e9)))
+    ts.FromNanoseconds(round(seconds * 1e9))
     return ts
 
 

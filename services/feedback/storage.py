@@ -17,10 +17,11 @@ sweeper removes them, so indexes do not outgrow the live data.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
@@ -150,7 +151,7 @@ class RedisFeedbackStore:
                 for item, idem in items:
                     keys, args = self._put_args(item, idem, ttl_ms)
                     await self._put(keys=keys, args=args, client=pipe)
-                return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+                return await pipe.execute(raise_on_error=False)
 
         try:
             replies = await self._call("put", run)
@@ -212,7 +213,7 @@ class RedisFeedbackStore:
         """Removes index entries of expired feedback; returns how many were removed."""
         removed: int = await self._call(
             "sweep",
-            lambda: self._sweep(keys=[f"{self._p}exp"], args=[self._p, int(now * 1000), limit]),  # type: ignore[arg-type,return-value]
+            lambda: self._sweep(keys=[f"{self._p}exp"], args=[self._p, int(now * 1000), limit]),
         )
         return int(removed)
 
@@ -237,7 +238,7 @@ class RedisFeedbackStore:
                         f"|{item.group().key()}|{item.target_id}",
                     )
                     pipe.zrem(f"{self._p}grp:{item.group().key()}:{item.verdict.value}", item.id)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         replies = await self._call("delete", run)
         per_item = len(replies) // len(items)
@@ -288,17 +289,21 @@ class RedisFeedbackStore:
         budget = _SCAN_BUDGET
         chunk = min(max(limit + 1, 50), 1000)
         while budget > 0:
-            members: list[str] = await self._call(
-                "zrange",
-                lambda h=high: self._r.zrange(  # type: ignore[misc]
-                    index, h, low, desc=True, bylex=True, offset=0, num=chunk
+            # The client decodes responses, so members are str.
+            members = cast(
+                list[str],
+                await self._call(
+                    "zrange",
+                    functools.partial(
+                        self._r.zrange, index, high, low, desc=True, bylex=True, offset=0, num=chunk
+                    ),
                 ),
             )
             if not members:
                 return found, None
             budget -= len(members)
             keys = [self._item(m[14:]) for m in members]
-            raws = await self._call("mget", lambda k=keys: self._r.mget(k))  # type: ignore[misc]
+            raws = await self._call("mget", functools.partial(self._r.mget, keys))
             for member, raw in zip(members, raws, strict=True):
                 if raw is None:
                     continue  # expired; the sweeper removes its index entries
@@ -319,8 +324,10 @@ class RedisFeedbackStore:
         self, target_kind: domain.TargetKind | None, now: float
     ) -> list[domain.GroupCounts]:
         now_ms = int(now * 1000)
-        groups: dict[str, str] = await self._call(
-            "hgetall", lambda: self._r.hgetall(f"{self._p}groups")
+        # The client decodes responses, so keys and values are str.
+        groups = cast(
+            dict[str, str],
+            await self._call("hgetall", lambda: self._r.hgetall(f"{self._p}groups")),
         )
         chosen: list[tuple[str, domain.Group]] = []
         for key, raw in groups.items():
@@ -337,7 +344,7 @@ class RedisFeedbackStore:
                         zkey = f"{self._p}grp:{key}:{v.value}"
                         pipe.zremrangebyscore(zkey, "-inf", now_ms)
                         pipe.zcard(zkey)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         replies = await self._call("stats", run) if chosen else []
         out: list[domain.GroupCounts] = []

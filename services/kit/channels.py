@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from prometheus_client import Counter
@@ -37,12 +37,20 @@ def timeout_for(context: grpc.aio.ServicerContext[Any, Any] | None, configured: 
     return min(configured, left)
 
 
-class _DefaultDeadline(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+# grpc-stubs makes the interceptor classes generic; at runtime they are not subscriptable.
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor
+
+
+class _DefaultDeadline(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
     """Gives a deadline to any call that has none and counts such calls."""
 
     def __init__(self, default_seconds: float) -> None:
@@ -119,8 +127,10 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+    # grpc-stubs leaves `ClientInterceptor` as a placeholder that callers must cast to.
+    default_deadline = cast("grpc.aio.ClientInterceptor", _DefaultDeadline(default_timeout_seconds))
     return grpc.aio.insecure_channel(
         target,
         options=options,
-        interceptors=[_DefaultDeadline(default_timeout_seconds), *tracing.client_interceptors()],
+        interceptors=[default_deadline, *tracing.client_interceptors()],
     )

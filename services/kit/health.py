@@ -11,8 +11,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,15 @@ DEPENDENCY_UP = Gauge(
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class AsyncHealthServicer(Protocol):
+    """What the services use of `grpc_health.v1.health.aio.HealthServicer` (grpc-stubs does
+    not describe the `aio` module)."""
+
+    async def set(self, service: str, status: int) -> None: ...
+
+    async def enter_graceful_shutdown(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +51,7 @@ class Readiness:
 
     def __init__(
         self,
-        servicer: health.aio.HealthServicer,
+        servicer: AsyncHealthServicer,
         service: str,
         names: Sequence[str],
         checks: Sequence[Check],

@@ -8,7 +8,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -37,6 +37,13 @@ HANDLING = Histogram(
 )
 
 Behavior = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+# grpc-stubs makes these classes generic; at runtime they are not subscriptable.
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 Wrapper = Callable[[Behavior, str, bool, bool], Behavior]
 
 _QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
@@ -47,7 +54,7 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: Handler) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -57,7 +64,7 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> Any:
+def _rewrap(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Handler:
     """Returns a copy of `handler` whose behaviour is wrapped."""
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
@@ -78,29 +85,28 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Beh
             response_serializer=handler.response_serializer,
         )
     return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, True),
+        # The last kind left: a method handler always has exactly one behaviour set.
+        wrap(cast(Behavior, handler.stream_stream), True),
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+class _WrappingInterceptor(_ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        return _rewrap(  # type: ignore[no-any-return]
+        method: str = handler_call_details.method
+        return _rewrap(
             handler, lambda behavior, streaming: self.wrap(behavior, method, handler, streaming)
         )
 
-    def wrap(
-        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
-    ) -> Behavior:
+    def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
         raise NotImplementedError
 
 
@@ -121,9 +127,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         log.error("unhandled error in rpc", exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def wrap(
-        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
-    ) -> Behavior:
+    def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
         if streaming:
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -152,9 +156,7 @@ class ErrorInterceptor(_WrappingInterceptor):
 class ObserveInterceptor(_WrappingInterceptor):
     """Records `grpc_server_*` metrics and writes one access-log line per RPC."""
 
-    def wrap(
-        self, behavior: Behavior, method: str, handler: grpc.RpcMethodHandler, streaming: bool
-    ) -> Behavior:
+    def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
         service, name = _split(method)
         kind = _rpc_type(handler)
         quiet = service.startswith(_QUIET_SERVICES)

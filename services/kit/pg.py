@@ -95,14 +95,20 @@ async def migrate(db: asyncpg.Pool, service: str, migrations: Sequence[Migration
     return applied
 
 
-async def call(what: str, op: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
+# `timeout` is applied inside, where it also maps to UNAVAILABLE; callers pass it in.
+async def call(what: str, op: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:  # noqa: ASYNC109
     """Runs one database operation under a timeout; an unreachable database or a timeout
     becomes UNAVAILABLE with a reason, never a raw driver error."""
     try:
         async with asyncio.timeout(timeout):
             return await op()
-    except (OSError, TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError,
-            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError) as exc:
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.InterfaceError,
+    ) as exc:
         log.warning("postgres unavailable", extra={"op": what, "error": type(exc).__name__})
         raise errors.Unavailable(
             "DATABASE_UNAVAILABLE",

@@ -10,11 +10,12 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from services.kit import health as kit_health
@@ -22,6 +23,8 @@ from services.kit import interceptors, tracing
 from services.kit.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
 
 
 @dataclass(eq=False)
@@ -31,7 +34,7 @@ class Running:
     port: int
     metrics_port: int
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: kit_health.AsyncHealthServicer
     settings: ServerSettings
     readiness: kit_health.Readiness
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,7 +85,8 @@ async def grpc_server(
         ],
     )
     register(server)
-    health_servicer = health.aio.HealthServicer()
+    # grpc-stubs' grpc_health has no `aio` module.
+    health_servicer: kit_health.AsyncHealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         names = (*service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME)
@@ -137,6 +141,17 @@ async def _start_metrics(settings: ServerSettings) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, _metrics_host(settings.host), settings.metrics_port).start()
     return runner
+
+
+def unimplemented(servicer: Callable[[], S]) -> S:
+    """An instance of a generated servicer base class, whose every method raises
+    NotImplementedError, which the error interceptor answers as UNIMPLEMENTED.
+
+    The generated stubs declare those methods abstract, so type checkers refuse to call the
+    class directly; at runtime it is concrete. Taking it as a factory keeps every RPC,
+    including ones added to the contract later, without listing them.
+    """
+    return servicer()
 
 
 async def run_until_signal(cm: AbstractAsyncContextManager[Running]) -> None:

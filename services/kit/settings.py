@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -53,12 +54,12 @@ class Reader:
             return default
         return value
 
-    def optional_str(self, name: str) -> builtins.str | None:
+    def optional_str(self, name: builtins.str) -> builtins.str | None:
         return self._raw(name)
 
     def int(
         self,
-        name: str,
+        name: builtins.str,
         default: builtins.int,
         *,
         min: builtins.int | None = None,
@@ -76,7 +77,7 @@ class Reader:
 
     def float(
         self,
-        name: str,
+        name: builtins.str,
         default: builtins.float,
         *,
         min: builtins.float | None = None,
@@ -95,7 +96,9 @@ class Reader:
             return default
         return self._bounded(name, parsed, default, min, max)
 
-    def _bounded(self, name: str, value: Any, default: Any, low: Any, high: Any) -> Any:
+    def _bounded(
+        self, name: builtins.str, value: N, default: N, low: N | None, high: N | None
+    ) -> N:
         if low is not None and value < low:
             self.problems.append(f"{name}={value}: must be at least {low}")
             return default
@@ -104,11 +107,11 @@ class Reader:
             return default
         return value
 
-    def port(self, name: str, default: builtins.int) -> builtins.int:
+    def port(self, name: builtins.str, default: builtins.int) -> builtins.int:
         """A TCP port; 0 means "pick a free one" (tests)."""
         return self.int(name, default, min=0, max=65535)
 
-    def bool(self, name: str, default: builtins.bool) -> builtins.bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self._raw(name)
         if value is None:
             return default
@@ -119,11 +122,11 @@ class Reader:
         self.problems.append(f"{name}={value!r}: expected true or false")
         return default
 
-    def path(self, name: str, default: Path) -> Path:
+    def path(self, name: builtins.str, default: Path) -> Path:
         value = self._raw(name)
         return Path(value).expanduser() if value is not None else default
 
-    def address(self, name: str, default: builtins.str) -> builtins.str:
+    def address(self, name: builtins.str, default: builtins.str) -> builtins.str:
         """A `host:port` to dial."""
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")

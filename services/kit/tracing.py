@@ -4,8 +4,8 @@ standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set (off by default)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import grpc
 from opentelemetry import trace
@@ -41,9 +41,14 @@ def configure(service: str, env: Mapping[str, str]) -> None:
     trace.set_tracer_provider(provider)
 
 
-def server_interceptor() -> grpc.aio.ServerInterceptor:
+# opentelemetry-instrumentation-grpc ships `py.typed` but leaves these factories unannotated.
+_aio_server_interceptor = cast(Callable[..., Any], aio_server_interceptor)
+_aio_client_interceptors = cast(Callable[..., Any], aio_client_interceptors)
+
+
+def server_interceptor() -> grpc.aio.ServerInterceptor[Any, Any]:
     """The OTel server interceptor, passed explicitly, with health checks left out."""
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(
+    interceptor: grpc.aio.ServerInterceptor[Any, Any] = _aio_server_interceptor(
         filter_=filters.negate(filters.health_check())
     )
     return interceptor
@@ -51,4 +56,4 @@ def server_interceptor() -> grpc.aio.ServerInterceptor:
 
 def client_interceptors() -> list[Any]:
     """The OTel client interceptors that propagate W3C trace context on outgoing calls."""
-    return list(aio_client_interceptors(filter_=filters.negate(filters.health_check())))
+    return list(_aio_client_interceptors(filter_=filters.negate(filters.health_check())))
