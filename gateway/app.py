@@ -19,7 +19,9 @@ from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
 from aiops.remediation.v1 import remediation_service_pb2_grpc as rem_grpc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as tel_grpc
 
-from gateway import auth, errors, keyring, metrics, openapi, routes, translate
+import redis.asyncio as redis
+
+from gateway import auth, errors, keyring, maintenance, metrics, openapi, routes, translate
 from gateway.health import BackendHealth
 from gateway.settings import GatewaySettings
 from services.kit import channels
@@ -34,6 +36,8 @@ VERIFIER = web.AppKey("verifier", auth.Verifier)
 KEYRING = web.AppKey("keyring", keyring.Keyring)
 HEALTH = web.AppKey("health", BackendHealth)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+MAINTENANCE = web.AppKey("maintenance", maintenance.Maintenance)
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _STUB_TYPES: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "feedback": fb_grpc.FeedbackServiceStub,
@@ -158,6 +162,10 @@ def _rpc_handler(route: routes.Route) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         request[ROUTE_KEY] = route.path
         principal = await _authorize(request, route.role) if route.role else None
+        if request.method in _MUTATING:
+            state = await request.app[MAINTENANCE].current()
+            if state.enabled:
+                raise request.app[MAINTENANCE].refusal(state)
         translate.check_known(request.query, route.known_query())
         body = await request.read() if route.body is not None else b""
         message = route.build(request.query, request.match_info, body, request.headers)
@@ -208,8 +216,28 @@ async def api_health(request: web.Request) -> web.Response:
     await _authorize(request, "viewer")
     statuses = await request.app[HEALTH].statuses()
     ok = all(s == "SERVING" for s in statuses.values())
-    body = {"status": "ok" if ok else "degraded", "backends": statuses}
+    state = await request.app[MAINTENANCE].current()
+    body = {
+        "status": "ok" if ok else "degraded",
+        "backends": statuses,
+        "maintenance": maintenance.to_json(state),
+    }
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def get_maintenance(request: web.Request) -> web.Response:
+    request[ROUTE_KEY] = "/api/v1/aiops/maintenance"
+    await _authorize(request, "viewer")
+    return web.json_response(maintenance.to_json(await request.app[MAINTENANCE].current()))
+
+
+async def set_maintenance(request: web.Request) -> web.Response:
+    """Admin switch: `{"enabled": true, "reason": "...", "endTime": "<RFC 3339>"}`."""
+    request[ROUTE_KEY] = "/api/v1/aiops/maintenance"
+    principal = await _authorize(request, "admin")
+    enabled, reason, end_time = translate.parse_maintenance(await request.read())
+    state = await request.app[MAINTENANCE].set(enabled, reason, end_time, principal.subject)
+    return web.json_response(maintenance.to_json(state))
 
 
 async def metrics_local(request: web.Request) -> web.Response:
@@ -261,6 +289,12 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
                 max_token_ttl_seconds=settings.max_token_ttl_seconds,
             )
         app[HTTP] = aiohttp.ClientSession()
+        redis_client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5
+        )
+        app[MAINTENANCE] = maintenance.Maintenance(
+            redis_client, settings.maintenance_key, settings.maintenance_cache_seconds
+        )
         source: Any
         if settings.jwks_url:
             source = auth.RemoteJwksKeySource(settings.jwks_url, lambda: app[HTTP])
@@ -277,6 +311,7 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
         finally:
             await source.aclose()
             await app[HTTP].close()
+            await redis_client.aclose()
             for ch in opened.values():
                 await ch.close(grace=None)
 
@@ -287,6 +322,8 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/openapi.json", openapi_doc)
     app.router.add_get("/api/v1/aiops/health", api_health)
+    app.router.add_get("/api/v1/aiops/maintenance", get_maintenance)
+    app.router.add_post("/api/v1/aiops/maintenance", set_maintenance)
     for route in routes.ROUTES:
         app.router.add_route(route.method, route.path, _rpc_handler(route))
     return app

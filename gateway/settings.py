@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.kit import settings as kit_settings
@@ -47,6 +47,9 @@ class GatewaySettings:
     health_timeout_seconds: float
     health_cache_seconds: float
     shutdown_timeout_seconds: float
+    redis_url: str = field(repr=False)
+    maintenance_key: str
+    maintenance_cache_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -86,6 +89,11 @@ class GatewaySettings:
                 "AIOPS_GATEWAY_HEALTH_TIMEOUT_SECONDS", 0.5, min=0.01, max=10
             ),
             health_cache_seconds=r.float("AIOPS_GATEWAY_HEALTH_CACHE_SECONDS", 1.0, min=0, max=60),
+            redis_url=r.str("AIOPS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            maintenance_key=r.str("AIOPS_GATEWAY_MAINTENANCE_KEY", "aiops:maintenance"),
+            maintenance_cache_seconds=r.float(
+                "AIOPS_GATEWAY_MAINTENANCE_CACHE_SECONDS", 1.0, min=0, max=60
+            ),
             shutdown_timeout_seconds=r.float(
                 "AIOPS_GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 10.0, min=0, max=300
             ),

@@ -127,3 +127,31 @@ def check_known(query: Mapping[str, str], known: frozenset[str]) -> None:
     unknown = sorted(set(query) - known)
     if unknown:
         raise _violation(unknown[0][:100], "is not a known query parameter", "QUERY_INVALID")
+
+
+def parse_maintenance(raw: bytes) -> tuple[bool, str, float | None]:
+    """The body of `POST /api/v1/aiops/maintenance`: enabled, reason, optional endTime."""
+    if not raw.strip():
+        raise _violation("body", "a JSON object is required", "BODY_MISSING")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _violation("body", "is not valid JSON", "BODY_MALFORMED") from None
+    if not isinstance(data, dict):
+        raise _violation("body", "must be a JSON object")
+    unknown = sorted(set(data) - {"enabled", "reason", "endTime"})
+    if unknown:
+        raise _violation(unknown[0][:100], "is not a known field")
+    enabled, reason = data.get("enabled"), data.get("reason", "")
+    if not isinstance(enabled, bool):
+        raise _violation("enabled", "must be true or false")
+    if not isinstance(reason, str):
+        raise _violation("reason", "must be a string")
+    end_time = None
+    if data.get("endTime") is not None:
+        out = timestamp_pb2.Timestamp()
+        if not isinstance(data["endTime"], str):
+            raise _violation("endTime", "must be an RFC 3339 time")
+        query_time({"endTime": data["endTime"]}, "endTime", out)
+        end_time = out.seconds + out.nanos / 1e9
+    return enabled, reason, end_time

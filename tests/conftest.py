@@ -125,9 +125,16 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def serve_gateway(
-    backends: Mapping[str, serve.Running], keyring_dir: Path, **extra: str
+    backends: Mapping[str, serve.Running],
+    keyring_dir: Path,
+    redis_url: str = "redis://127.0.0.1:1/0",
+    **extra: str,
 ) -> AsyncIterator[Gateway]:
+    """`redis_url` holds the maintenance state; the default (nothing listens there) means
+    maintenance is never on."""
     env = {
+        "AIOPS_REDIS_URL": redis_url,
+        "AIOPS_GATEWAY_MAINTENANCE_KEY": f"maint:{keyring_dir}",
         "AIOPS_GATEWAY_JWT_KEYRING_DIR": str(keyring_dir),
         "AIOPS_GATEWAY_PORT": "0",
         "AIOPS_GATEWAY_HEALTH_CACHE_SECONDS": "0",
@@ -154,10 +161,12 @@ async def serve_gateway(
 
 
 @pytest.fixture
-async def gateway(feedback_running: serve.Running, tmp_path: Path) -> AsyncIterator[Gateway]:
+async def gateway(
+    feedback_running: serve.Running, tmp_path: Path, redis_url: str
+) -> AsyncIterator[Gateway]:
     async with (
         other_services() as others,
-        serve_gateway({"feedback": feedback_running, **others}, tmp_path / "keys") as gw,
+        serve_gateway({"feedback": feedback_running, **others}, tmp_path / "keys", redis_url) as gw,
     ):
         yield gw
 

@@ -330,7 +330,7 @@ async def test_redis_outage_is_503_with_retry_after_and_recovers(
     async with (
         feedback_server.running(settings) as fb,
         other_services() as others,
-        serve_gateway({"feedback": fb, **others}, tmp_path / "keys") as gw,
+        serve_gateway({"feedback": fb, **others}, tmp_path / "keys", restartable_redis.url) as gw,
     ):
         op = gw.token("operator")
         acked = [
