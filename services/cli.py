@@ -80,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     keys = sub.add_parser("keys", help="manage the JWT signing keys")
     keys.add_argument("action", choices=("rotate", "list"))
+    bk = sub.add_parser("backup", help="back up or restore Redis, Postgres and configuration")
+    bk.add_argument("action", choices=("create", "list", "verify", "restore"))
+    bk.add_argument("archive", nargs="?", help="the archive to verify or restore")
+    bk.add_argument("--dest", help="backup directory (default $AIOPS_BACKUP_DIR or .state/backups)")
+    bk.add_argument("--force", action="store_true", help="restore over non-empty stores")
+    mt = sub.add_parser("maintenance", help="switch maintenance mode through the gateway")
+    mt.add_argument("action", choices=("on", "off", "status"))
+    mt.add_argument("--reason", default="", help="shown to every refused caller (required for on)")
+    mt.add_argument("--minutes", type=float, help="end by itself after this long (default 24 h)")
+    mt.add_argument("--url", default="http://localhost:3000", help="the gateway")
     detect = sub.add_parser("detect", help="score a timestamp,value CSV with the detector")
     detect.add_argument("input")
     detect.add_argument("output")
@@ -97,6 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return _keys(env, args.action)
+    if args.command in ("backup", "maintenance"):
+        from services.ops import commands
+
+        if args.command == "backup":
+            return commands.backup_command(env, args.action, args.archive, args.dest, args.force)
+        admin = mint(env, role="admin", subject="maintenance-cli", ttl=300)
+        return commands.maintenance_command(
+            env, args.action, args.reason, args.minutes, args.url, admin
+        )
     if args.command == "detect":
         from services.anomaly import offline
 

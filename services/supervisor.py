@@ -136,6 +136,15 @@ def run(env: Mapping[str, str], banner: bool = True) -> int:
             )
             postgres.start()
             child_env["AIOPS_DATABASE_URL"] = postgres.url
+        # `aiops backup` finds the local servers through this file.
+        (state / "endpoints.json").write_text(
+            json.dumps(
+                {
+                    "redis_url": child_env["AIOPS_REDIS_URL"],
+                    "database_url": child_env["AIOPS_DATABASE_URL"],
+                }
+            )
+        )
         children = [Child(name, module, child_env) for name, module in PROCESSES]
         for child in children:
             child.start()

@@ -55,7 +55,9 @@ class Report:
         out = [f"archive: {self.archive}", f"redis keys: {self.redis_keys}"]
         if self.skipped_expired:
             out.append(f"redis keys skipped (expired since the backup): {self.skipped_expired}")
-        out += [f"postgres {name}: {rows} rows" for name, rows in sorted(self.postgres_tables.items())]
+        out += [
+            f"postgres {name}: {rows} rows" for name, rows in sorted(self.postgres_tables.items())
+        ]
         return out
 
 
@@ -141,11 +143,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-async def create(
-    redis_url: str, database_url: str, dest: Path, env: Mapping[str, str]
-) -> Report:
+async def create(redis_url: str, database_url: str, dest: Path, env: Mapping[str, str]) -> Report:
     """Writes one archive into `dest` and returns what it holds."""
-    dest.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     redis_data, redis_keys = await _redis_snapshot(redis_url)
     pg_data = await asyncio.to_thread(
@@ -163,6 +162,15 @@ async def create(
         },
         "counts": {"redis_keys": redis_keys, "postgres_tables": tables},
     }
+    final = await asyncio.to_thread(_write_archive, dest, stamp, manifest, members)
+    log.info("backup created", extra={"archive": str(final), "redis_keys": redis_keys})
+    return Report(final, redis_keys, tables)
+
+
+def _write_archive(
+    dest: Path, stamp: str, manifest: Mapping[str, Any], members: Mapping[str, bytes]
+) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     final = dest / f"aiops-backup-{stamp}.tar.gz"
     partial = final.with_suffix(".partial")
     with tarfile.open(partial, "w:gz") as tar:
@@ -170,8 +178,7 @@ async def create(
         for name, data in members.items():
             _add(tar, name, data)
     partial.rename(final)  # an archive is either complete or absent
-    log.info("backup created", extra={"archive": str(final), "redis_keys": redis_keys})
-    return Report(final, redis_keys, tables)
+    return final
 
 
 def list_archives(dest: Path) -> list[Path]:
@@ -202,7 +209,9 @@ def _read(archive: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         if name not in data or name not in files:
             raise BackupError(f"{archive.name}: {name} is missing")
         if hashlib.sha256(data[name]).hexdigest() != files[name]["sha256"]:
-            raise BackupError(f"{archive.name}: checksum mismatch in {name}; the archive is corrupt")
+            raise BackupError(
+                f"{archive.name}: checksum mismatch in {name}; the archive is corrupt"
+            )
     return manifest, data
 
 
@@ -237,8 +246,14 @@ async def restore(
         pg_dump = data["postgres.dump"]
         await asyncio.to_thread(
             _run,
-            [_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
-             "--single-transaction", f"--dbname={database_url}"],
+            [
+                _pg_tool("pg_restore"),
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--single-transaction",
+                f"--dbname={database_url}",
+            ],
             "pg_restore",
             pg_dump,
         )
@@ -255,7 +270,9 @@ async def restore(
                     skipped += 1
                     continue
                 pipe.restore(
-                    base64.b64decode(entry["key"]), ttl, base64.b64decode(entry["dump"]),
+                    base64.b64decode(entry["key"]),
+                    ttl,
+                    base64.b64decode(entry["dump"]),
                     replace=True,
                 )
                 restored += 1
