@@ -178,6 +178,31 @@ def test_key_rotation_through_the_cli(suite: Suite) -> None:
     assert new_kid in suite.cli("keys", "list")
 
 
+def test_backup_and_maintenance_through_the_cli(suite: Suite) -> None:
+    out = suite.cli("backup", "create")
+    archive = out.splitlines()[0].removeprefix("archive: ")
+    assert "ok" in suite.cli("backup", "verify", archive)
+    assert archive in suite.cli("backup", "list")
+    port = suite.env["AIOPS_GATEWAY_PORT"]
+    suite.cli(
+        "maintenance",
+        "on",
+        "--reason",
+        "e2e drill",
+        "--minutes",
+        "5",
+        "--url",
+        f"http://127.0.0.1:{port}",
+    )
+    token = suite.cli("token", "--role", "operator")
+    body = {"target": {"kind": "TARGET_KIND_ANOMALY", "id": "m-1"}, "verdict": "VERDICT_CONFIRMED"}
+    status, reply = suite.http("POST", FEEDBACK, token, body)
+    assert status == 503 and "e2e drill" in reply["error"]["message"]
+    assert suite.http("GET", FEEDBACK, token)[0] == 200
+    suite.cli("maintenance", "off", "--url", f"http://127.0.0.1:{port}")
+    assert suite.http("POST", FEEDBACK, token, body)[0] == 201
+
+
 def test_sigterm_stops_everything(suite: Suite) -> None:
     suite.process.send_signal(signal.SIGTERM)
     assert suite.process.wait(timeout=30) == 0
