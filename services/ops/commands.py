@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from services.kit import settings as kit_settings
-from services.ops import backup
+from services.ops import backup, s3
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -42,29 +43,41 @@ def _backup_dir(env: Mapping[str, str], given: str | None) -> Path:
 def backup_command(
     env: Mapping[str, str], action: str, archive: str | None, dest: str | None, force: bool
 ) -> int:
+    """`dest` and `archive` may be local paths or `s3://bucket/prefix` locations."""
+    location = dest or env.get("AIOPS_BACKUP_DIR")
     try:
-        if action == "list":
-            for path in backup.list_archives(_backup_dir(env, dest)):
-                print(path)
+        with tempfile.TemporaryDirectory(prefix="aiops-backup-") as scratch:
+            if action == "list":
+                found = (
+                    s3.list_archives(str(location), env)
+                    if s3.is_s3(location)
+                    else [str(p) for p in backup.list_archives(_backup_dir(env, dest))]
+                )
+                print("\n".join(found))
+                return 0
+            if action == "verify":
+                local = _local_archive(archive, Path(scratch), env)
+                print("\n".join(["ok", *backup.verify(local).lines()]))
+                return 0
+            redis_url, database_url = endpoints(env)
+            if action == "create":
+                target = Path(scratch) if s3.is_s3(location) else _backup_dir(env, dest)
+                report = asyncio.run(backup.create(redis_url, database_url, target, env))
+                if s3.is_s3(location):
+                    print(f"uploaded: {s3.upload(report.archive, str(location), env)}")
+            else:
+                local = _local_archive(archive, Path(scratch), env)
+                report = asyncio.run(backup.restore(local, redis_url, database_url, force=force))
+            print("\n".join(report.lines()))
             return 0
-        if action == "verify":
-            report = backup.verify(Path(_required(archive)))
-            print("\n".join(["ok", *report.lines()]))
-            return 0
-        redis_url, database_url = endpoints(env)
-        if action == "create":
-            report = asyncio.run(
-                backup.create(redis_url, database_url, _backup_dir(env, dest), env)
-            )
-        else:
-            report = asyncio.run(
-                backup.restore(Path(_required(archive)), redis_url, database_url, force=force)
-            )
-        print("\n".join(report.lines()))
-        return 0
     except backup.BackupError as exc:
         print(f"aiops backup {action}: {exc}")
         return 1
+
+
+def _local_archive(archive: str | None, scratch: Path, env: Mapping[str, str]) -> Path:
+    name = _required(archive)
+    return s3.download(name, scratch, env) if s3.is_s3(name) else Path(name)
 
 
 def _required(archive: str | None) -> str:

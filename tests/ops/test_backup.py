@@ -17,19 +17,6 @@ from services.ops import backup
 WEEK = 7 * 24 * 3600.0
 
 
-@pytest.fixture
-async def database_url(postgres_url: str) -> AsyncIterator[str]:
-    """A database of this test's own (a backup covers a whole database)."""
-    name = f"b_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _fill(redis_url: str, database_url: str) -> list[str]:
     client = storage.connect(redis_url, 1.0, 4)
     try:
@@ -129,7 +116,10 @@ async def test_corrupted_archives_are_refused(
         import tarfile
 
         out = io.BytesIO()
-        with tarfile.open(made.archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w:gz") as dst:
+        with (
+            tarfile.open(made.archive, "r:gz") as src,
+            tarfile.open(fileobj=out, mode="w:gz") as dst,
+        ):
             for member in src.getmembers():
                 data = src.extractfile(member).read()  # type: ignore[union-attr]
                 if member.name == "redis.jsonl":
