@@ -61,7 +61,7 @@ class Child:
             self.died_at = now
             log.warning(
                 "process exited; restarting",
-                extra={"process": self.name, "returncode": self.process.returncode},
+                extra={"child": self.name, "returncode": self.process.returncode},
             )
         elif now - self.died_at >= _RESTART_DELAY_SECONDS:
             self.restarts += 1
@@ -77,7 +77,7 @@ class Child:
         try:
             self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("process did not stop in time; killing", extra={"process": self.name})
+            log.warning("process did not stop in time; killing", extra={"child": self.name})
             self.process.kill()
             self.process.wait()
 
