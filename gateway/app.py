@@ -13,15 +13,25 @@ from typing import Any
 
 import aiohttp
 import grpc
+import redis.asyncio as redis
 from aiohttp import web
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
 from aiops.remediation.v1 import remediation_service_pb2_grpc as rem_grpc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as tel_grpc
+from google.rpc import status_pb2
 
-import redis.asyncio as redis
-
-from gateway import auth, errors, keyring, maintenance, metrics, openapi, routes, translate
+from gateway import (
+    auth,
+    batching,
+    errors,
+    keyring,
+    maintenance,
+    metrics,
+    openapi,
+    routes,
+    translate,
+)
 from gateway.health import BackendHealth
 from gateway.settings import GatewaySettings
 from services.kit import channels
@@ -37,6 +47,7 @@ KEYRING = web.AppKey("keyring", keyring.Keyring)
 HEALTH = web.AppKey("health", BackendHealth)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 MAINTENANCE = web.AppKey("maintenance", maintenance.Maintenance)
+COALESCERS = web.AppKey("coalescers", dict)
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _STUB_TYPES: dict[str, Callable[[grpc.aio.Channel], Any]] = {
@@ -177,10 +188,18 @@ def _rpc_handler(route: routes.Route) -> Handler:
                 ("x-aiops-roles", ",".join(sorted(principal.roles))),
             ]
         stub = request.app[STUBS][route.backend]
+        coalescer = request.app[COALESCERS].get((route.method, route.path))
         try:
-            reply = await getattr(stub, route.rpc)(
-                message, timeout=settings.request_timeout_seconds, metadata=metadata
-            )
+            if coalescer is not None:
+                # Same caller, same batch: the request id stays in our access log only.
+                outcome = await coalescer.submit(message, tuple(metadata[1:]))
+                if isinstance(outcome, status_pb2.Status):
+                    return errors.response(outcome, request[REQUEST_ID_KEY])
+                reply = outcome
+            else:
+                reply = await getattr(stub, route.rpc)(
+                    message, timeout=settings.request_timeout_seconds, metadata=metadata
+                )
         except grpc.aio.AioRpcError as err:
             return errors.response(
                 errors.from_rpc_error(err, route.backend), request[REQUEST_ID_KEY]
@@ -274,6 +293,13 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
             for b in settings.backends
         }
         app[STUBS] = {name: _STUB_TYPES[name](ch) for name, ch in opened.items()}
+        app[COALESCERS] = {
+            (r.method, r.path): batching.Coalescer(
+                app[STUBS][r.backend], r.batch, settings.request_timeout_seconds
+            )
+            for r in routes.ROUTES
+            if r.batch is not None and settings.coalesce
+        }
         app[HEALTH] = BackendHealth(
             settings.backends,
             opened,
@@ -309,6 +335,8 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
         try:
             yield
         finally:
+            for coalescer in app[COALESCERS].values():
+                await coalescer.aclose()
             await source.aclose()
             await app[HTTP].close()
             await redis_client.aclose()

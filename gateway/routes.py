@@ -6,17 +6,18 @@ runbook does not name. Role `None` means public.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiops.feedback.v1 import feedback_pb2 as fb
 from aiops.feedback.v1 import feedback_service_pb2 as fb_svc
 from aiops.remediation.v1 import remediation_service_pb2 as rem_svc
 from aiops.telemetry.v1 import telemetry_service_pb2 as tel_svc
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
-from gateway import translate
+from gateway import batching, translate
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -48,6 +49,7 @@ class Route:
     query: tuple[Param, ...] = ()
     created_status: int = 200
     headers: tuple[str, ...] = field(default_factory=tuple)
+    batch: batching.BatchSpec | None = None
 
     def known_query(self) -> frozenset[str]:
         return frozenset(p.name for p in self.query)
@@ -80,6 +82,24 @@ def _submit_feedback(
     request = fb_svc.SubmitFeedbackRequest(idempotency_key=headers.get("Idempotency-Key", ""))
     translate.parse_body(body, request.feedback)
     return request
+
+
+def _wrap_feedback(requests: Sequence[Message]) -> Message:
+    return fb_svc.BatchSubmitFeedbackRequest(
+        requests=[cast(fb_svc.SubmitFeedbackRequest, r) for r in requests]
+    )
+
+
+def _unwrap_feedback(reply: Message) -> list[batching.Outcome]:
+    out: list[batching.Outcome] = []
+    for item in cast(fb_svc.BatchSubmitFeedbackResponse, reply).results:
+        if item.error_code:
+            status = status_pb2.Status.FromString(item.error_status)
+            status.code = status.code or item.error_code
+            out.append(status)
+        else:
+            out.append(item.response)
+    return out
 
 
 def _list_feedback(
@@ -147,6 +167,7 @@ ROUTES: tuple[Route, ...] = (
         body=fb.Feedback,
         created_status=201,
         headers=("Idempotency-Key",),
+        batch=batching.BatchSpec("BatchSubmitFeedback", _wrap_feedback, _unwrap_feedback),
     ),
     Route(
         "GET",

@@ -47,6 +47,7 @@ class GatewaySettings:
     health_timeout_seconds: float
     health_cache_seconds: float
     shutdown_timeout_seconds: float
+    coalesce: bool
     redis_url: str = field(repr=False)
     maintenance_key: str
     maintenance_cache_seconds: float
@@ -89,6 +90,7 @@ class GatewaySettings:
                 "AIOPS_GATEWAY_HEALTH_TIMEOUT_SECONDS", 0.5, min=0.01, max=10
             ),
             health_cache_seconds=r.float("AIOPS_GATEWAY_HEALTH_CACHE_SECONDS", 1.0, min=0, max=60),
+            coalesce=r.bool("AIOPS_GATEWAY_COALESCE", True),
             redis_url=r.str("AIOPS_REDIS_URL", "redis://127.0.0.1:6379/0"),
             maintenance_key=r.str("AIOPS_GATEWAY_MAINTENANCE_KEY", "aiops:maintenance"),
             maintenance_cache_seconds=r.float(

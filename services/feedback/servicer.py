@@ -71,17 +71,18 @@ class FeedbackServicer(fb_grpc.FeedbackServiceServicer):
         author = _author(context)
         results: list[domain.Stored | errors.AiopsError | None] = []
         ready: list[tuple[domain.Feedback, str]] = []
-        for i, item in enumerate(request.requests):
+        # Each item answers for itself, so its field paths are those of a single
+        # SubmitFeedbackRequest (the gateway hands them back to separate callers).
+        for item in request.requests:
             try:
                 violations = domain.validate_idempotency_key(
-                    item.idempotency_key, f"requests[{i}].idempotency_key"
+                    item.idempotency_key, "idempotency_key"
                 )
                 if violations:
                     raise errors.invalid(violations, "IDEMPOTENCY_KEY_INVALID")
-                prefix = f"requests[{i}].feedback"
                 ready.append(
                     (
-                        self._book.prepare(_draft(item.feedback, prefix), author, prefix),
+                        self._book.prepare(_draft(item.feedback, "feedback"), author),
                         item.idempotency_key,
                     )
                 )

@@ -27,7 +27,7 @@ import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -146,12 +146,22 @@ class RedisFeedbackStore:
     ) -> list[domain.Stored | errors.AiopsError]:
         ttl_ms = int(ttl_seconds * 1000)
 
+        calls = [self._put_args(item, idem, ttl_ms) for item, idem in items]
+
         async def run() -> list[Any]:
-            async with self._r.pipeline(transaction=False) as pipe:
-                for item, idem in items:
-                    keys, args = self._put_args(item, idem, ttl_ms)
-                    await self._put(keys=keys, args=args, client=pipe)
-                return await pipe.execute(raise_on_error=False)
+            # EVALSHA straight away: redis-py's Script in a pipeline would first ask
+            # SCRIPT EXISTS, one more round trip per batch. A NOSCRIPT reply (a restarted
+            # Redis has an empty script cache) means nothing ran, so loading the script and
+            # sending the same batch again is safe.
+            for _ in range(2):
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(self._put.sha, len(keys), *keys, *args)
+                    replies: list[Any] = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, NoScriptError) for r in replies):
+                    return replies
+                await self._r.script_load(_PUT)
+            return replies
 
         try:
             replies = await self._call("put", run)

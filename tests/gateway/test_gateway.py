@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -347,3 +348,27 @@ async def test_redis_outage_is_503_with_retry_after_and_recovers(
         assert (await call(gw, "POST", FEEDBACK, op, json=ANOMALY))[0] == 201
         status, listed, _ = await call(gw, "GET", FEEDBACK, op)
         assert set(acked) <= {f["name"] for f in listed["feedback"]}
+
+
+async def test_concurrent_posts_are_coalesced_yet_answered_one_by_one(gateway: Gateway) -> None:
+    from prometheus_client import REGISTRY
+
+    def batches() -> tuple[float, float]:
+        labels = {"rpc": "BatchSubmitFeedback"}
+        count = REGISTRY.get_sample_value("aiops_gateway_batch_size_count", labels) or 0.0
+        total = REGISTRY.get_sample_value("aiops_gateway_batch_size_sum", labels) or 0.0
+        return count, total
+
+    op = gateway.token("operator")
+    bodies = [{**ANOMALY, "comment": f"n{i}"} for i in range(40)]
+    bodies[7] = {**ANOMALY, "comment": "c" * 2001}  # one bad item in the crowd
+    count0, total0 = batches()
+    replies = await asyncio.gather(*(call(gateway, "POST", FEEDBACK, op, json=b) for b in bodies))
+    count1, total1 = batches()
+    assert total1 - total0 == 40
+    assert count1 - count0 < 40, "no request was coalesced"
+    statuses = [status for status, _, _ in replies]
+    assert statuses[7] == 400 and "feedback.comment" in violations(replies[7][1])
+    assert statuses[:7] + statuses[8:] == [201] * 39
+    comments = [r[1]["feedback"]["comment"] for i, r in enumerate(replies) if i != 7]
+    assert comments == [f"n{i}" for i in range(40) if i != 7]
