@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from gateway import keyring
 from tests.conftest import AUDIENCE, ISSUER, Gateway
@@ -41,9 +40,7 @@ async def test_key_rotation_under_load_refuses_zero_valid_requests(gateway: Gate
     await asyncio.sleep(0.5)
     before = len(statuses)
     new_kid = await asyncio.to_thread(cli_view.rotate)
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # keep the load on after the rotation
     stop.set()
     await asyncio.gather(*tasks)
     assert cli_view.active_kid == new_kid
