@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway import app
 from gateway.settings import GatewaySettings
 from services.kit import logging as kit_logging
-from services.kit import settings, tracing
+from services.kit import serve, settings, tracing
 
 
 def main() -> None:
@@ -27,6 +27,8 @@ def main() -> None:
         shutdown_timeout=cfg.shutdown_timeout_seconds,
         access_log=None,
         print=None,
+        handler_args=app.HANDLER_ARGS,
+        loop=serve.loop_factory()(),
     )
 
 

@@ -63,6 +63,10 @@ _IDEMPOTENT = {
     "anomaly": ("GetAnomaly", "ListAnomalies", "GetDriftStatus", "ListThresholds"),
     "remediation": ("GetRemediation", "ListRemediations", "ListActions"),
 }
+# aiohttp's own limit on a header line is 8 KiB: a bigger line never reaches our code and gets
+# aiohttp's plain-text 400. Raising it lets oversized tokens reach the verifier, which refuses
+# them with the JSON envelope (401 TOKEN_TOO_LARGE) without echoing them.
+HANDLER_ARGS = {"max_field_size": 16 * 1024, "max_line_size": 16 * 1024}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN_QUERY = ("access_token", "token", "jwt")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

@@ -148,7 +148,7 @@ async def serve_gateway(
         keyring_dir, max_token_ttl_seconds=settings.max_token_ttl_seconds
     )
     application = gateway_app.create_app(settings, ring)
-    runner = web.AppRunner(application, access_log=None)
+    runner = web.AppRunner(application, access_log=None, **gateway_app.HANDLER_ARGS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
