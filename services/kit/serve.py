@@ -171,7 +171,16 @@ async def run_until_signal(cm: AbstractAsyncContextManager[Running]) -> None:
         await running.drain(second)
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when it is installed (faster transports and scheduling), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
 def main(cm_factory: Callable[[], AbstractAsyncContextManager[Running]]) -> None:
     """Entry point used by every service's `__main__`."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_until_signal(cm_factory()))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory()) as r:
+        r.run(run_until_signal(cm_factory()))

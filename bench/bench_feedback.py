@@ -1,0 +1,193 @@
+"""Feedback through the gateway (wrk, closed loop, concurrency 1/16/64/256, plus an
+open-loop run at a fixed rate) and straight to the gRPC service, with the server CPU
+time per request read from the processes' own counters.
+
+Run: `make bench` (all benchmarks) or `python bench/bench_feedback.py [--seconds N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parents[1] / "gen"),
+]
+
+import aiohttp  # noqa: E402
+import grpc  # noqa: E402
+from aiops.feedback.v1 import feedback_pb2 as fb  # noqa: E402
+from aiops.feedback.v1 import feedback_service_pb2 as fb_svc  # noqa: E402
+from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc  # noqa: E402
+
+from bench.suite import Suite  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SERVER = ("gateway", "services.feedback", "redis-server")
+
+
+def _wrk(suite: Suite, method: str, connections: int, seconds: float, token: str) -> dict[str, Any]:
+    threads = max(1, min(2, connections))
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "feedback.lua"),
+        suite.base,
+    ]
+    env = {**os.environ, "BENCH_TOKEN": token, "BENCH_METHOD": method}
+    procs = suite.processes(*SERVER)
+    cpu0 = suite.cpu_seconds(procs)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+    cpu = suite.cpu_seconds(procs) - cpu0
+    line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
+    r: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["cpu_us_per_request"] = cpu / max(1, r["requests"]) * 1e6
+    r["errors"] += r.pop("non2xx")
+    return r
+
+
+async def _open_loop(suite: Suite, token: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Sends at a fixed rate whatever the answers; latency counts from the intended send
+    time, so stalls are not hidden (closed-loop generators under-count them)."""
+    body = {"target": {"kind": "TARGET_KIND_ANOMALY", "id": "open"}, "verdict": "VERDICT_CONFIRMED"}
+    headers = {"Authorization": f"Bearer {token}"}
+    latencies: list[float] = []
+    errors = 0
+    total = int(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                async with session.post(
+                    f"{suite.base}/api/v1/aiops/feedback", json=body, headers=headers
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == 201
+            except aiohttp.ClientError:
+                ok = False
+            latencies.append(time.perf_counter() - due)
+            errors += not ok
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+
+    return {
+        "requests": total,
+        "rate": rate,
+        "achieved_rps": total / elapsed,
+        "errors": errors,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "max_ms": latencies[-1] * 1000,
+    }
+
+
+async def _grpc_direct(suite: Suite, concurrency: int, seconds: float) -> dict[str, Any]:
+    procs = suite.processes("services.feedback", "redis-server")
+    cpu0 = suite.cpu_seconds(procs)
+    request = fb_svc.SubmitFeedbackRequest(
+        feedback=fb.Feedback(
+            target=fb.Target(kind=fb.TARGET_KIND_ANOMALY, id="direct"), verdict=fb.VERDICT_CONFIRMED
+        )
+    )
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(suite.feedback_addr) as channel:
+        stub = fb_grpc.FeedbackServiceStub(channel)
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                await stub.SubmitFeedback(request, timeout=5)
+                latencies.append(time.perf_counter() - t0)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - begin
+    cpu = suite.cpu_seconds(procs) - cpu0
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "cpu_us_per_request": cpu / len(latencies) * 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=2000.0, help="open-loop requests per second")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench_feedback: wrk not found (Debian package `wrk`)", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "closed_loop": []}
+    with Suite() as suite:
+        token = suite.token("operator")
+        _wrk(suite, "POST", 16, 2, token)  # warm-up: connections, caches, JIT-free paths
+        for method in ("POST", "GET"):
+            for c in (1, 16, 64, 256):
+                r = _wrk(suite, method, c, args.seconds, token)
+                results["closed_loop"].append({"method": method, "concurrency": c, **r})
+        results["open_loop"] = asyncio.run(_open_loop(suite, token, args.rate, args.seconds))
+        results["grpc_direct"] = asyncio.run(_grpc_direct(suite, 64, args.seconds))
+    print("Feedback through the gateway (wrk closed loop)")
+    print(
+        f"{'method':6} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'errors':>7} {'cpu us/req':>10}"
+    )
+    for r in results["closed_loop"]:
+        print(
+            f"{r['method']:6} {r['concurrency']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} "
+            f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} "
+            f"{r['cpu_us_per_request']:>10.0f}"
+        )
+    o = results["open_loop"]
+    print(
+        f"open loop POST at {o['rate']:.0f}/s: achieved {o['achieved_rps']:.0f}/s, p50 "
+        f"{o['p50_ms']:.2f} ms, p95 {o['p95_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, "
+        f"max {o['max_ms']:.1f} ms, errors {o['errors']}"
+    )
+    g = results["grpc_direct"]
+    print(
+        f"gRPC SubmitFeedback direct, concurrency 64 (Python client): {g['rps']:.0f} req/s, "
+        f"p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms, "
+        f"server cpu {g['cpu_us_per_request']:.0f} us/req"
+    )
+    print("BENCH_JSON " + json.dumps(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
