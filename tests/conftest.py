@@ -4,7 +4,7 @@ the production `server.running(settings)`, and the gateway over real HTTP."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,27 @@ from services.anomaly import server as anomaly_server
 from services.anomaly.settings import AnomalySettings
 from services.feedback import server as feedback_server
 from services.feedback.settings import FeedbackSettings
-from services.kit import serve
+from services.kit import channels, serve
 from services.remediation import server as remediation_server
 from services.remediation.settings import RemediationSettings
 from services.telemetry import server as telemetry_server
 from services.telemetry.settings import TelemetrySettings
 
 pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_outgoing_call_has_a_deadline() -> Iterator[None]:
+    """Across the whole run, no call leaves our channels without a deadline (the channel's
+    interceptor counts any it had to give one)."""
+    yield
+    missing = {
+        s.labels["grpc_method"]: s.value
+        for metric in channels.CALLS_WITHOUT_DEADLINE.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    }
+    assert not missing, f"outgoing calls without a deadline: {missing}"
 
 ISSUER = "aiops"
 AUDIENCE = "aiops-api"
