@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
@@ -23,8 +23,8 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 
-Metadata = tuple[tuple[str, str], ...]
-Outcome = Message | status_pb2.Status
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+Outcome: TypeAlias = Message | status_pb2.Status
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,11 @@ from services.kit import errors
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE = Gauge("aiops_gateway_maintenance_mode", "1 while maintenance mode is on, else 0.")
+MAINTENANCE = Gauge(
+    "aiops_gateway_maintenance_mode",
+    "1 while maintenance mode is on, else 0.",
+    multiprocess_mode="max",
+)
 
 MAX_REASON = 500
 MAX_DURATION_SECONDS = 7 * 24 * 3600.0

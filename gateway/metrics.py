@@ -6,10 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 
 import aiohttp
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -96,6 +104,9 @@ async def gather(
 
 
 def local_text() -> str:
-    from prometheus_client import generate_latest
-
+    """This gateway's metrics: of every worker when several share the port."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry).decode()
     return generate_latest(REGISTRY).decode()

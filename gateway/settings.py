@@ -48,6 +48,7 @@ class GatewaySettings:
     health_cache_seconds: float
     shutdown_timeout_seconds: float
     coalesce: bool
+    workers: int
     redis_url: str = field(repr=False)
     maintenance_key: str
     maintenance_cache_seconds: float
@@ -91,6 +92,7 @@ class GatewaySettings:
             ),
             health_cache_seconds=r.float("AIOPS_GATEWAY_HEALTH_CACHE_SECONDS", 1.0, min=0, max=60),
             coalesce=r.bool("AIOPS_GATEWAY_COALESCE", True),
+            workers=r.int("AIOPS_GATEWAY_WORKERS", 1, min=1, max=64),
             redis_url=r.str("AIOPS_REDIS_URL", "redis://127.0.0.1:6379/0"),
             maintenance_key=r.str("AIOPS_GATEWAY_MAINTENANCE_KEY", "aiops:maintenance"),
             maintenance_cache_seconds=r.float(

@@ -82,6 +82,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     env["AIOPS_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     env["AIOPS_GATEWAY_PORT"] = str(local_servers.free_port())
     env["AIOPS_SHUTDOWN_DRAIN_SECONDS"] = "0.2"
+    env["AIOPS_GATEWAY_WORKERS"] = "2"  # SO_REUSEPORT workers, as in production
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'gen'}"
     for name in NAMES:
         grpc_port, metrics_port = local_servers.free_port(), local_servers.free_port()
@@ -201,6 +202,18 @@ def test_backup_and_maintenance_through_the_cli(suite: Suite) -> None:
     assert suite.http("GET", FEEDBACK, token)[0] == 200
     suite.cli("maintenance", "off", "--url", f"http://127.0.0.1:{port}")
     assert suite.http("POST", FEEDBACK, token, body)[0] == 201
+
+
+def test_gateway_metrics_merge_every_worker(suite: Suite) -> None:
+    token = suite.cli("token", "--role", "viewer")
+    for _ in range(20):  # new connections, spread over the workers by the kernel
+        assert suite.http("GET", FEEDBACK, token)[0] == 200
+    _, text = suite.http("GET", "/metrics")
+    lines = [line for line in text.splitlines()
+             if line.startswith("aiops_gateway_requests_total{")
+             and 'route="/api/v1/aiops/feedback"' in line and 'method="GET"' in line
+             and 'status="200"' in line]
+    assert lines and sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 20
 
 
 def test_sigterm_stops_everything(suite: Suite) -> None:

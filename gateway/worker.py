@@ -1,0 +1,43 @@
+"""One gateway process: settings, logging, tracing, then the aiohttp app until a signal."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from gateway.settings import GatewaySettings
+from services.kit import settings
+
+
+def settings_or_exit() -> GatewaySettings:
+    try:
+        return GatewaySettings.from_env()
+    except settings.SettingsError as exc:
+        print(f"aiops-gateway: {exc}", file=sys.stderr)  # logging is not configured yet
+        raise SystemExit(2) from exc
+
+
+def serve(reuse_port: bool) -> None:
+    """Runs one gateway process until SIGTERM or SIGINT."""
+    # Imported here so that a worker sees PROMETHEUS_MULTIPROC_DIR before prometheus-client
+    # is first imported.
+    from gateway import app
+    from services.kit import logging as kit_logging
+    from services.kit import serve as kit_serve
+    from services.kit import tracing
+
+    cfg = settings_or_exit()
+    kit_logging.configure("gateway", cfg.log_level)
+    tracing.configure("gateway", settings.environ())
+    web.run_app(
+        app.create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        shutdown_timeout=cfg.shutdown_timeout_seconds,
+        access_log=None,
+        print=None,
+        handler_args=app.HANDLER_ARGS,
+        loop=kit_serve.loop_factory()(),
+        reuse_port=reuse_port,
+    )
