@@ -75,6 +75,11 @@ class Suite:
             self.process.kill()
         self._log.close()
 
+    @staticmethod
+    def scratch(name: str) -> str:
+        """A fresh temporary directory for a server a scenario owns."""
+        return tempfile.mkdtemp(prefix=f"aiops-{name}-")
+
     def token(self, role: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "services.cli", "token", "--role", role, "--ttl", "3600"],

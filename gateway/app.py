@@ -34,7 +34,7 @@ from gateway import (
 )
 from gateway.health import BackendHealth
 from gateway.settings import GatewaySettings
-from services.kit import channels
+from services.kit import channels, tracing
 from services.kit import errors as kit_errors
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ _IDEMPOTENT = {
 # aiohttp's own limit on a header line is 8 KiB: a bigger line never reaches our code and gets
 # aiohttp's plain-text 400. Raising it lets oversized tokens reach the verifier, which refuses
 # them with the JSON envelope (401 TOKEN_TOO_LARGE) without echoing them.
-HANDLER_ARGS = {"max_field_size": 16 * 1024, "max_line_size": 16 * 1024}
+MAX_HEADER_BYTES = 16 * 1024
+HANDLER_ARGS = {"max_field_size": MAX_HEADER_BYTES, "max_line_size": MAX_HEADER_BYTES}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN_QUERY = ("access_token", "token", "jwt")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -283,7 +284,7 @@ async def openapi_doc(request: web.Request) -> web.Response:
 
 def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -> web.Application:
     """Builds the application; channels, keys and the HTTP client open in `cleanup_ctx`."""
-    app = web.Application(middlewares=[envelope], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[tracing.aiohttp_middleware(), envelope], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -319,8 +320,8 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
                 max_token_ttl_seconds=settings.max_token_ttl_seconds,
             )
         app[HTTP] = aiohttp.ClientSession()
-        redis_client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5
+        redis_client = tracing.instrument_redis(
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
         )
         app[MAINTENANCE] = maintenance.Maintenance(
             redis_client, settings.maintenance_key, settings.maintenance_cache_seconds

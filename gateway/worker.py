@@ -37,7 +37,8 @@ def serve(reuse_port: bool) -> None:
         shutdown_timeout=cfg.shutdown_timeout_seconds,
         access_log=None,
         print=None,
-        handler_args=app.HANDLER_ARGS,
+        max_field_size=app.MAX_HEADER_BYTES,
+        max_line_size=app.MAX_HEADER_BYTES,
         loop=kit_serve.loop_factory()(),
         reuse_port=reuse_port,
     )

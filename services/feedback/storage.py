@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from services.feedback import domain
-from services.kit import errors
+from services.kit import errors, tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +46,9 @@ STORAGE_FAILURES = Counter(
     "Feedback writes that were not stored, by reason.",
     ["reason"],
 )
+# Exported at 0 from the start, so "any failure" alerts see the first one.
+for _reason in ("redis_unavailable", "redis_error"):
+    STORAGE_FAILURES.labels(_reason)
 REDIS_UP = Gauge("aiops_redis_up", "1 when the last Redis command succeeded, else 0.")
 
 _PUT = """
@@ -107,6 +110,10 @@ class RedisFeedbackStore:
             REDIS_FAILURES.inc()
             REDIS_UP.set(0)
             log.warning("redis unavailable", extra={"op": what, "error": type(exc).__name__})
+            if isinstance(exc, RedisConnectionError):
+                # The idle pooled connections went down with Redis too: drop them all now
+                # rather than failing one more call on each of them after Redis is back.
+                await self._r.connection_pool.disconnect(inuse_connections=False)
             raise errors.Unavailable(
                 "REDIS_UNAVAILABLE",
                 "Feedback storage is unreachable; nothing was changed, retry shortly.",
@@ -422,7 +429,7 @@ def _decode(raw: str | bytes) -> domain.Feedback:
 def connect(url: str, timeout_seconds: float, max_connections: int) -> redis.Redis:
     """One client (connection pool) per process. Retries are off: a Redis that is down
     must fail the call fast so the caller gets UNAVAILABLE within its deadline."""
-    return redis.Redis.from_url(
+    return tracing.instrument_redis(redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=timeout_seconds,
@@ -430,4 +437,4 @@ def connect(url: str, timeout_seconds: float, max_connections: int) -> redis.Red
         retry=Retry(NoBackoff(), 0),
         max_connections=max_connections,
         health_check_interval=30,
-    )
+    ))

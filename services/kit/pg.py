@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from services.kit import errors
+from services.kit import errors, tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +50,7 @@ async def pool(
         max_size=max_size,
         command_timeout=command_timeout,
         server_settings=settings,
+        connection_class=tracing.TracedConnection,
     )
     try:
         yield opened

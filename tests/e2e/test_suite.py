@@ -204,6 +204,11 @@ def test_backup_and_maintenance_through_the_cli(suite: Suite) -> None:
     assert suite.http("POST", FEEDBACK, token, body)[0] == 201
 
 
+def test_oversized_token_gets_the_json_envelope_not_a_parser_error(suite: Suite) -> None:
+    status, body = suite.http("GET", FEEDBACK, "x" * 9000)
+    assert status == 401 and body["error"]["details"][0]["reason"] == "TOKEN_TOO_LARGE"
+
+
 def test_gateway_metrics_merge_every_worker(suite: Suite) -> None:
     token = suite.cli("token", "--role", "viewer")
     for _ in range(20):  # new connections, spread over the workers by the kernel
