@@ -12,7 +12,7 @@ BUF    := .tools/node_modules/.bin/buf
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
 
 .PHONY: install protos lint fmt test test-fast run run-feedback run-telemetry run-anomaly \
-        run-remediation run-gateway bench clean buf-lint
+        run-remediation run-gateway bench chaos clean buf-lint
 
 install: $(STAMP)
 
@@ -68,8 +68,15 @@ run-remediation: protos
 run-gateway: protos
 	$(PY) -m gateway
 
+# Benchmarks drive the gateway with wrk (Debian package `wrk`); they start the suite
+# themselves on free loopback ports and print tables plus artifacts/bench.json.
 bench: protos
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 2; }
 	$(PY) -m bench
+
+# Fault scenarios (kill -9 Redis under load, ...): bounded, loopback only.
+chaos: protos
+	$(PY) -m chaos
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

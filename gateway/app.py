@@ -284,7 +284,10 @@ async def openapi_doc(request: web.Request) -> web.Response:
 
 def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -> web.Application:
     """Builds the application; channels, keys and the HTTP client open in `cleanup_ctx`."""
-    app = web.Application(middlewares=[tracing.aiohttp_middleware(), envelope], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[tracing.aiohttp_middleware(), envelope],
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
