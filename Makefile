@@ -11,7 +11,7 @@ BUF    := .tools/node_modules/.bin/buf
 
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
 
-.PHONY: install protos lint fmt test test-fast run run-feedback run-telemetry run-anomaly \
+.PHONY: install protos lint fmt test run run-feedback run-telemetry run-anomaly \
         run-remediation run-gateway bench chaos clean buf-lint
 
 install: $(STAMP)
