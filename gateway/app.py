@@ -144,7 +144,9 @@ def _http_exception(exc: web.HTTPException, request_id: str) -> web.Response:
         )
         status = kit_errors.to_status(error, errors.DOMAIN)
         status.code = grpc.StatusCode.UNIMPLEMENTED.value[0]
-        resp = errors.response(status, request_id)
+        # 405, not the table's 501: the path exists and the caller chose the method; the
+        # request never reached a backend, and no server is at fault.
+        resp = errors.response(status, request_id, http_status=405)
         resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         return resp
     elif isinstance(exc, web.HTTPNotFound):

@@ -71,8 +71,10 @@ def from_rpc_error(err: grpc.aio.AioRpcError, backend: str) -> status_pb2.Status
     return generic_status
 
 
-def response(status: status_pb2.Status, request_id: str) -> web.Response:
-    """The HTTP response for a non-OK status."""
+def response(
+    status: status_pb2.Status, request_id: str, http_status: int | None = None
+) -> web.Response:
+    """The HTTP response for a non-OK status (`http_status` overrides the table)."""
     code = errors.CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
     details: list[dict[str, Any]] = []
     headers: dict[str, str] = {}
@@ -99,7 +101,7 @@ def response(status: status_pb2.Status, request_id: str) -> web.Response:
         }
     }
     return web.Response(
-        status=errors.HTTP_STATUS.get(code, 500),
+        status=http_status or errors.HTTP_STATUS.get(code, 500),
         text=json.dumps(body, separators=(",", ":")),
         content_type="application/json",
         headers=headers,

@@ -4,6 +4,7 @@ the production `server.running(settings)`, and the gateway over real HTTP."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from services.anomaly import server as anomaly_server
 from services.anomaly.settings import AnomalySettings
 from services.feedback import server as feedback_server
 from services.feedback.settings import FeedbackSettings
-from services.kit import channels, serve
+from services.kit import channels, local_servers, serve
 from services.remediation import server as remediation_server
 from services.remediation.settings import RemediationSettings
 from services.telemetry import server as telemetry_server
@@ -42,6 +43,7 @@ def every_outgoing_call_has_a_deadline() -> Iterator[None]:
         if s.name.endswith("_total") and s.value
     }
     assert not missing, f"outgoing calls without a deadline: {missing}"
+
 
 ISSUER = "aiops"
 AUDIENCE = "aiops-api"
@@ -75,26 +77,82 @@ async def feedback_stub(
         yield fb_grpc.FeedbackServiceStub(channel)
 
 
+@dataclasses.dataclass(frozen=True)
+class Deps:
+    """Where a test's services keep their state: real Postgres (one schema per test; the
+    services' tables carry their own prefixes) and real Redis (one key prefix per test)."""
+
+    postgres_url: str
+    schema: str
+    redis_url: str
+    redis_prefix: str
+
+
+@pytest.fixture
+def deps(postgres_url: str, pg_schema: str, redis_url: str, redis_prefix: str) -> Deps:
+    return Deps(postgres_url, pg_schema, redis_url, redis_prefix)
+
+
 @contextlib.asynccontextmanager
-async def other_services() -> AsyncIterator[dict[str, serve.Running]]:
-    """Telemetry, anomaly and remediation on free ports (they need no storage yet)."""
-    base = {"AIOPS_BIND_HOST": "127.0.0.1", "AIOPS_SHUTDOWN_GRACE_SECONDS": "0.2"}
-    async with contextlib.AsyncExitStack() as stack:
-        out: dict[str, serve.Running] = {}
-        for name, settings_cls, module in (
-            ("telemetry", TelemetrySettings, telemetry_server),
-            ("anomaly", AnomalySettings, anomaly_server),
-            ("remediation", RemediationSettings, remediation_server),
-        ):
-            env = {
-                **base,
-                f"AIOPS_{name.upper()}_GRPC_PORT": "0",
-                f"AIOPS_{name.upper()}_METRICS_PORT": "0",
-            }
-            out[name] = await stack.enter_async_context(
-                module.running(settings_cls.from_env(env))  # type: ignore[attr-defined]
-            )
-        yield out
+async def other_services(
+    deps: Deps, feedback: serve.Running
+) -> AsyncIterator[dict[str, serve.Running]]:
+    """Telemetry, anomaly and remediation through their production `server.running`, on
+    free ports, wired to each other and to `feedback`. Background loops that would only
+    add noise to a test (the scrape loop, scoring process pools) are off."""
+    for attempt in range(3):
+        # The peers dial each other, so their ports are chosen before any starts; another
+        # process may grab one in between, so a failed bind is retried with new ports.
+        ports = {n: local_servers.free_port() for n in ("telemetry", "anomaly", "remediation")}
+        stack = contextlib.AsyncExitStack()
+        try:
+            out = await _start_others(stack, deps, feedback, ports)
+        except RuntimeError as exc:
+            await stack.aclose()
+            if "Failed to bind" not in str(exc) or attempt == 2:
+                raise
+            continue
+        async with stack:
+            yield out
+        return
+
+
+async def _start_others(
+    stack: contextlib.AsyncExitStack,
+    deps: Deps,
+    feedback: serve.Running,
+    ports: Mapping[str, int],
+) -> dict[str, serve.Running]:
+    env = {
+        "AIOPS_BIND_HOST": "127.0.0.1",
+        "AIOPS_SHUTDOWN_GRACE_SECONDS": "0.2",
+        "AIOPS_HEALTH_PROBE_INTERVAL_SECONDS": "0.1",
+        "AIOPS_DATABASE_URL": deps.postgres_url,
+        "AIOPS_REDIS_URL": deps.redis_url,
+        "AIOPS_FEEDBACK_ADDR": f"127.0.0.1:{feedback.port}",
+        "AIOPS_TELEMETRY_DATABASE_SCHEMA": deps.schema,
+        "AIOPS_TELEMETRY_COLLECTOR_ENABLED": "false",
+        "AIOPS_TELEMETRY_SCRAPE_TARGETS": "none",
+        "AIOPS_ANOMALY_DATABASE_SCHEMA": deps.schema,
+        "AIOPS_ANOMALY_SCORING_WORKERS": "0",
+        "AIOPS_ANOMALY_DRIFT_WORKERS": "0",
+        "AIOPS_REMEDIATION_DATABASE_SCHEMA": deps.schema,
+        "AIOPS_REMEDIATION_KEY_PREFIX": f"{deps.redis_prefix}rem:",
+    }
+    for name, port in ports.items():
+        env[f"AIOPS_{name.upper()}_GRPC_PORT"] = str(port)
+        env[f"AIOPS_{name.upper()}_METRICS_PORT"] = "0"
+        env[f"AIOPS_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+    out: dict[str, serve.Running] = {}
+    for name, settings_cls, module in (
+        ("anomaly", AnomalySettings, anomaly_server),
+        ("remediation", RemediationSettings, remediation_server),
+        ("telemetry", TelemetrySettings, telemetry_server),
+    ):
+        out[name] = await stack.enter_async_context(
+            module.running(settings_cls.from_env(env))  # type: ignore[attr-defined]
+        )
+    return out
 
 
 class Gateway:
@@ -176,10 +234,10 @@ async def serve_gateway(
 
 @pytest.fixture
 async def gateway(
-    feedback_running: serve.Running, tmp_path: Path, redis_url: str
+    feedback_running: serve.Running, tmp_path: Path, redis_url: str, deps: Deps
 ) -> AsyncIterator[Gateway]:
     async with (
-        other_services() as others,
+        other_services(deps, feedback_running) as others,
         serve_gateway({"feedback": feedback_running, **others}, tmp_path / "keys", redis_url) as gw,
     ):
         yield gw

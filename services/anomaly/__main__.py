@@ -4,4 +4,6 @@ from services.anomaly import server
 from services.anomaly.settings import AnomalySettings
 from services.kit import bootstrap
 
-bootstrap.main("anomaly", AnomalySettings.from_env, lambda s: s.server, server.running)
+# The guard matters: spawned detector workers import this module as `__mp_main__`.
+if __name__ == "__main__":
+    bootstrap.main("anomaly", AnomalySettings.from_env, lambda s: s.server, server.running)

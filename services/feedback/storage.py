@@ -429,12 +429,14 @@ def _decode(raw: str | bytes) -> domain.Feedback:
 def connect(url: str, timeout_seconds: float, max_connections: int) -> redis.Redis:
     """One client (connection pool) per process. Retries are off: a Redis that is down
     must fail the call fast so the caller gets UNAVAILABLE within its deadline."""
-    return tracing.instrument_redis(redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=timeout_seconds,
-        socket_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        health_check_interval=30,
-    ))
+    return tracing.instrument_redis(
+        redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=timeout_seconds,
+            socket_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+            health_check_interval=30,
+        )
+    )

@@ -13,15 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 import redis.asyncio as redis
 from cryptography.hazmat.primitives import serialization
 
+from gateway import errors as gateway_errors
 from gateway import keyring
 from services.feedback import server as feedback_server
 from services.feedback.settings import FeedbackSettings
 from services.kit import local_servers
-from tests.conftest import AUDIENCE, ISSUER, Gateway, feedback_env, other_services, serve_gateway
+from tests.conftest import (
+    AUDIENCE,
+    ISSUER,
+    Deps,
+    Gateway,
+    feedback_env,
+    other_services,
+    serve_gateway,
+)
 
 FEEDBACK = "/api/v1/aiops/feedback"
 ANOMALY = {"target": {"kind": "TARGET_KIND_ANOMALY", "id": "a-1"}, "verdict": "VERDICT_CONFIRMED"}
@@ -281,7 +291,7 @@ async def test_unknown_route_and_method_use_the_envelope(gateway: Gateway) -> No
     status, body, _ = await call(gateway, "GET", "/api/v1/aiops/nothing-here")
     assert status == 404 and error(body)["code"] == "NOT_FOUND"
     status, body, headers = await call(gateway, "PUT", FEEDBACK)
-    assert status == 501 and "POST" in headers["Allow"]
+    assert status == 405 and "POST" in headers["Allow"]
 
 
 async def test_request_id_is_echoed_and_large_bodies_are_gzipped(gateway: Gateway) -> None:
@@ -319,18 +329,43 @@ async def test_health_metrics_and_openapi_are_public(gateway: Gateway) -> None:
     assert status == 200 and ready["status"] == "ok"
 
 
-async def test_unimplemented_backends_answer_501(gateway: Gateway) -> None:
-    status, body, _ = await call(gateway, "GET", "/api/v1/aiops/collect", gateway.token("viewer"))
-    assert status == 501 and error(body)["code"] == "UNIMPLEMENTED"
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [
+        (grpc.StatusCode.UNIMPLEMENTED, 501),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.CANCELLED, 499),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.INTERNAL, 500),
+        (grpc.StatusCode.UNKNOWN, 500),
+        (grpc.StatusCode.DATA_LOSS, 500),
+    ],
+)
+def test_backend_failures_without_details_map_by_the_table_and_leak_nothing(
+    code: grpc.StatusCode, http: int
+) -> None:
+    raw = grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="failed to connect to all addresses; last error: 10.1.2.3:50051 refused",
+    )
+    response = gateway_errors.response(gateway_errors.from_rpc_error(raw, "feedback"), "rid-1")
+    body = json.loads(response.text or "")
+    assert response.status == http
+    assert "10.1.2.3" not in response.text and body["error"]["request_id"] == "rid-1"
+    if http in (429, 503):
+        assert response.headers["Retry-After"] == "1"
 
 
 async def test_redis_outage_is_503_with_retry_after_and_recovers(
-    restartable_redis: local_servers.LocalRedis, tmp_path: Path
+    restartable_redis: local_servers.LocalRedis, tmp_path: Path, deps: Deps
 ) -> None:
     settings = FeedbackSettings.from_env(feedback_env(restartable_redis.url, "gw:"))
     async with (
         feedback_server.running(settings) as fb,
-        other_services() as others,
+        other_services(deps, fb) as others,
         serve_gateway({"feedback": fb, **others}, tmp_path / "keys", restartable_redis.url) as gw,
     ):
         op = gw.token("operator")

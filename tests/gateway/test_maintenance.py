@@ -11,7 +11,7 @@ import pytest
 
 from services.kit import serve
 from tests import helpers
-from tests.conftest import Gateway, other_services, serve_gateway
+from tests.conftest import Deps, Gateway, other_services, serve_gateway
 
 FEEDBACK = "/api/v1/aiops/feedback"
 ANOMALY = {"target": {"kind": "TARGET_KIND_ANOMALY", "id": "a-1"}, "verdict": "VERDICT_CONFIRMED"}
@@ -31,10 +31,10 @@ def _in(seconds: float) -> str:
 
 
 async def test_maintenance_refuses_writes_on_every_replica_and_ends_by_itself(
-    feedback_running: serve.Running, tmp_path: Path, redis_url: str
+    feedback_running: serve.Running, tmp_path: Path, redis_url: str, deps: Deps
 ) -> None:
     async with (
-        other_services() as others,
+        other_services(deps, feedback_running) as others,
         serve_gateway(
             {"feedback": feedback_running, **others},
             tmp_path / "k",

@@ -1,0 +1,138 @@
+"""Per-series detector state and the CPU-bound scoring loop, over plain data.
+
+`Engine` holds one `detectors.SeriesDetector` per series. The service uses it either on the
+event loop (in slices) or inside worker processes, one engine per worker, each owning the
+series hashed to it; the module-level `worker_*` functions are what those workers run.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.anomaly import detectors
+
+# One group: a series key, its timestamps (epoch seconds, increasing) and values.
+Group = tuple[str, Sequence[float], Sequence[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Scores of one group: one value in [0, 1] and one signal bitmask per point."""
+
+    values: list[float]
+    flags: list[int]
+
+
+_NAMES: dict[int, tuple[str, ...]] = {}
+
+
+def signal_names(flags: int) -> tuple[str, ...]:
+    """The sorted signal names set in a bitmask of `detectors.SIGNALS`."""
+    names = _NAMES.get(flags)
+    if names is None:
+        names = tuple(sorted(s for i, s in enumerate(detectors.SIGNALS) if flags >> i & 1))
+        _NAMES[flags] = names
+    return names
+
+
+def _score_points(
+    det: detectors.SeriesDetector, ts: Sequence[float], xs: Sequence[float]
+) -> Scored:
+    n = len(ts)
+    out = [0.0] * n
+    flags = [0] * n
+    run = getattr(det, "_run", None)
+    if run is not None:
+        try:
+            # The batch loop also reports the per-point signal bitmask, which the public
+            # score_batch drops; it is the same code `score()` runs point by point.
+            run(list(ts), list(xs), out, flags)
+            return Scored(out, flags)
+        except TypeError:
+            pass
+    names = detectors.SIGNALS
+    for i in range(n):
+        s = det.score(ts[i], xs[i])
+        out[i] = s.value
+        flags[i] = sum(1 << names.index(name) for name in s.signals)
+    return Scored(out, flags)
+
+
+class Engine:
+    """Detectors of many series; one series' input never touches another's state."""
+
+    def __init__(self, config: detectors.DetectorConfig | None = None) -> None:
+        self._config = config
+        self._dets: dict[str, detectors.SeriesDetector] = {}
+
+    def __len__(self) -> int:
+        return len(self._dets)
+
+    def score(self, groups: Sequence[Group]) -> list[Scored]:
+        """Scores each group with its series' detector (created on first use)."""
+        results: list[Scored] = []
+        for series, ts, xs in groups:
+            det = self._dets.get(series)
+            if det is None:
+                det = self._dets[series] = detectors.SeriesDetector(self._config)
+            results.append(_score_points(det, ts, xs))
+        return results
+
+    def snapshot(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """`to_state()` of the named series that have a detector."""
+        return {k: self._dets[k].to_state() for k in keys if k in self._dets}
+
+    def restore(self, states: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Replaces detectors from checkpoints; returns the keys whose state was unusable."""
+        bad: list[str] = []
+        for key, state in states.items():
+            try:
+                self._dets[key] = detectors.SeriesDetector.from_state(dict(state))
+            except ValueError:
+                bad.append(key)
+        return bad
+
+    def drop(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            self._dets.pop(k, None)
+
+
+def shard_of(series: str, shards: int) -> int:
+    """The worker that owns a series (stable across processes and restarts)."""
+    return zlib.crc32(series.encode()) % shards if shards > 1 else 0
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+# Worker-process side: one engine per worker process, owned by that process alone.
+_WORKER: Engine | None = None
+
+
+def _worker() -> Engine:
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = Engine()
+    return _WORKER
+
+
+def worker_score(groups: Sequence[Group]) -> list[Scored]:
+    return _worker().score(groups)
+
+
+def worker_snapshot(keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return _worker().snapshot(keys)
+
+
+def worker_restore(states: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return _worker().restore(states)
+
+
+def worker_drop(keys: Sequence[str]) -> None:
+    _worker().drop(keys)

@@ -1,0 +1,207 @@
+"""Streams stored points to the anomaly service's `ScorePoints`.
+
+Points wait in a bounded buffer while anomaly is slow or away. When the buffer is full the
+oldest points are dropped; every drop is counted in a metric and logged (at most once per
+`log_every` seconds, with the count), never lost silently. The stream reconnects by itself
+with backoff, and a batch that was in flight when the stream broke is sent again first
+(anomaly refuses points that are not newer than the last it scored, so a repeat is
+harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from aiops.anomaly.v1 import anomaly_pb2, anomaly_service_pb2
+from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
+from google.protobuf import timestamp_pb2
+from prometheus_client import Counter, Gauge
+
+from services.telemetry import domain
+
+log = logging.getLogger(__name__)
+
+BUFFER_DEPTH = Gauge(
+    "aiops_telemetry_forward_buffer_points", "Points waiting to be sent to the anomaly service."
+)
+DROPPED = Counter(
+    "aiops_telemetry_forward_dropped_points_total",
+    "Points dropped because the buffer for the anomaly service was full.",
+)
+SENT = Counter(
+    "aiops_telemetry_forward_sent_points_total", "Points the anomaly service acknowledged."
+)
+REFUSED = Counter(
+    "aiops_telemetry_forward_refused_points_total",
+    "Points the anomaly service acknowledged but refused to score.",
+)
+CONNECTED = Gauge(
+    "aiops_telemetry_forward_connected", "1 while the stream to the anomaly service works."
+)
+
+Item = tuple[str, float, float, tuple[tuple[str, str], ...]]
+
+
+class Forwarder:
+    """The bounded buffer and the background stream to anomaly."""
+
+    def __init__(
+        self,
+        stub: anomaly_grpc.AnomalyServiceStub,
+        *,
+        capacity: int,
+        batch_size: int,
+        timeout_seconds: float,
+        stream_seconds: float = 60.0,
+        log_every: float = 10.0,
+    ) -> None:
+        self._stub = stub
+        self._capacity = capacity
+        self._batch = batch_size
+        self._timeout = timeout_seconds
+        self._stream_seconds = stream_seconds
+        self._log_every = log_every
+        self._buffer: collections.deque[Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dropped_unlogged = 0
+        self._last_drop_log = 0.0
+        self._connected = False
+        self.dropped = 0
+        self.sent = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    def offer(self, rows: Sequence[domain.Row]) -> None:
+        """Queues points; drops (and counts) the oldest ones when the buffer is full."""
+        for r in rows:
+            self._buffer.append((r.key, r.time, r.value, tuple(r.labels.items())))
+        self._shrink()
+        BUFFER_DEPTH.set(len(self._buffer))
+        self._wake.set()
+
+    def _shrink(self) -> None:
+        over = len(self._buffer) - self._capacity
+        if over <= 0:
+            return
+        for _ in range(over):
+            self._buffer.popleft()
+        self.dropped += over
+        DROPPED.inc(over)
+        self._dropped_unlogged += over
+        now = time.monotonic()
+        if now - self._last_drop_log >= self._log_every:
+            log.warning(
+                "anomaly buffer full; oldest points dropped",
+                extra={
+                    "dropped": self._dropped_unlogged,
+                    "dropped_total": self.dropped,
+                    "capacity": self._capacity,
+                },
+            )
+            self._dropped_unlogged = 0
+            self._last_drop_log = now
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="telemetry-forwarder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._dropped_unlogged:
+            log.warning("anomaly points dropped", extra={"dropped": self._dropped_unlogged})
+        CONNECTED.set(0)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                await self._session()
+                backoff = 0.1
+            except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "TIMEOUT"
+                self._set_connected(False, code)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                # Never let the stream die for good; the points stay buffered.
+                log.exception("anomaly stream failed")
+                self._set_connected(False, "INTERNAL")
+                await asyncio.sleep(2.0)
+
+    def _set_connected(self, up: bool, code: str = "") -> None:
+        if up != self._connected:
+            if up:
+                log.info("anomaly stream connected", extra={"buffered": len(self._buffer)})
+            else:
+                log.warning(
+                    "anomaly stream down; buffering",
+                    extra={"code": code, "buffered": len(self._buffer)},
+                )
+        self._connected = up
+        CONNECTED.set(1 if up else 0)
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        # grpc-stubs types the aio stream call as the sync one; it is a StreamStreamCall.
+        call: Any = self._stub.ScorePoints(timeout=self._stream_seconds)  # type: ignore[call-arg]
+        ends = loop.time() + self._stream_seconds - 2 * self._timeout
+        seq = 0
+        try:
+            while loop.time() < ends:
+                if not self._buffer:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(1.0, max(0.01, ends - loop.time()))):
+                            await self._wake.wait()
+                    continue
+                batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
+                BUFFER_DEPTH.set(len(self._buffer))
+                try:
+                    seq += 1
+                    async with asyncio.timeout(self._timeout):
+                        await call.write(_request(batch, str(seq)))
+                        reply = await call.read()
+                    if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                        raise ConnectionError("anomaly closed the stream")
+                except BaseException:
+                    # Not acknowledged: back to the front, oldest first.
+                    self._buffer.extendleft(reversed(batch))
+                    self._shrink()
+                    BUFFER_DEPTH.set(len(self._buffer))
+                    raise
+                self._set_connected(True)
+                self.sent += len(batch)
+                SENT.inc(len(batch))
+                if reply.rejected_count:
+                    REFUSED.inc(reply.rejected_count)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call.done_writing()
+        finally:
+            call.cancel()
+
+
+def _request(batch: Sequence[Item], batch_id: str) -> anomaly_service_pb2.ScorePointsRequest:
+    request = anomaly_service_pb2.ScorePointsRequest(batch_id=batch_id)
+    for key, when, value, labels in batch:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(round(when * 1e9))
+        request.observations.append(
+            anomaly_pb2.Observation(series=key, sample_time=ts, value=value, labels=dict(labels))
+        )
+    return request
