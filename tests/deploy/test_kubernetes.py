@@ -231,15 +231,18 @@ def test_network_policies_deny_by_default_and_allow_only_needed_paths(
         }
         expected = {"ns:envoy-gateway-system"} if policy["metadata"]["name"] == "gateway" else set()
         assert outside == expected, policy["metadata"]["name"]
+    # `backup` is the nightly `aiops backup create` job, which reads both stores.
     assert _peers(_policy(docs, "redis")["spec"]["ingress"]) == {
         "feedback",
         "gateway",
         "remediation",
+        "backup",
     }
     assert _peers(_policy(docs, "postgres")["spec"]["ingress"]) == {
         "telemetry",
         "anomaly",
         "remediation",
+        "backup",
     }
     # Services that do not need a datastore cannot reach it.
     for name in ("feedback", "telemetry", "anomaly", "remediation", "gateway"):
