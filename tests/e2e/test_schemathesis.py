@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Suite
 
 ST = Path(sys.executable).parent / "st"
@@ -23,6 +25,7 @@ CHECKS = ",".join(
 )
 
 
+@pytest.mark.timeout(1800)
 def test_generated_requests_get_no_server_error_and_match_the_schema(
     suite: Suite, tmp_path: Path
 ) -> None:
