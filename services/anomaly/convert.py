@@ -5,21 +5,9 @@ from __future__ import annotations
 from aiops.anomaly.v1 import anomaly_pb2 as an
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
 from aiops.common.v1 import common_pb2
-from google.protobuf import timestamp_pb2
 
 from services.anomaly import domain, drift, learning
-from services.kit import errors
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
-
-
-def seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
+from services.kit import errors, protoconv
 
 STATES = {
     an.ANOMALY_STATE_OPEN: domain.State.OPEN,
@@ -45,7 +33,7 @@ def threshold_proto(t: learning.Threshold) -> an.Threshold:
         effective_threshold=t.effective,
         confirmed_count=t.confirmed_count,
         false_positive_count=t.false_positive_count,
-        update_time=timestamp(t.update_time),
+        update_time=protoconv.timestamp(t.update_time),
         signature=t.signature,
     )
 
@@ -133,17 +121,17 @@ def status_proto(s: drift.Status) -> an.DriftStatus:
         (s.current_range, msg.current_range),
     ):
         if rng is not None:
-            out.start_time.CopyFrom(timestamp(rng[0]))
-            out.end_time.CopyFrom(timestamp(rng[1]))
+            out.start_time.CopyFrom(protoconv.timestamp(rng[0]))
+            out.end_time.CopyFrom(protoconv.timestamp(rng[1]))
     if s.outcome is not None:
         msg.reference_count = s.outcome.reference_count
         msg.current_count = s.outcome.current_count
         msg.results.extend(test_proto(r) for r in s.outcome.results)
         msg.decision.CopyFrom(decision_proto(s.outcome.decision))
     if s.evaluate_time is not None:
-        msg.evaluate_time.CopyFrom(timestamp(s.evaluate_time))
+        msg.evaluate_time.CopyFrom(protoconv.timestamp(s.evaluate_time))
     if s.drift_start_time is not None:
-        msg.drift_start_time.CopyFrom(timestamp(s.drift_start_time))
+        msg.drift_start_time.CopyFrom(protoconv.timestamp(s.drift_start_time))
     return msg
 
 
@@ -154,9 +142,9 @@ def anomaly_proto(a: domain.Anomaly) -> an.Anomaly:
         labels=dict(a.labels),
         state=STATE_PB[a.state],
         severity=SEVERITY_PB[a.severity],
-        start_time=timestamp(a.start_time),
+        start_time=protoconv.timestamp(a.start_time),
         peak_score=a.peak_score,
-        peak_time=timestamp(a.peak_time),
+        peak_time=protoconv.timestamp(a.peak_time),
         peak_value=a.peak_value,
         signals=list(a.signals),
         explanation=a.explanation,
@@ -165,11 +153,11 @@ def anomaly_proto(a: domain.Anomaly) -> an.Anomaly:
         threshold=a.threshold,
         acknowledger=a.acknowledger,
         acknowledge_comment=a.acknowledge_comment,
-        create_time=timestamp(a.create_time),
-        update_time=timestamp(a.update_time),
+        create_time=protoconv.timestamp(a.create_time),
+        update_time=protoconv.timestamp(a.update_time),
     )
     if a.end_time is not None:
-        msg.end_time.CopyFrom(timestamp(a.end_time))
+        msg.end_time.CopyFrom(protoconv.timestamp(a.end_time))
     if a.acknowledge_time is not None:
-        msg.acknowledge_time.CopyFrom(timestamp(a.acknowledge_time))
+        msg.acknowledge_time.CopyFrom(protoconv.timestamp(a.acknowledge_time))
     return msg

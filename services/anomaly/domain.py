@@ -7,17 +7,15 @@ Pure logic; no grpc, asyncpg or generated code.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.kit import errors
+from services.kit import errors, ids, paging
 
 MAX_SERIES_KEY = 1024
 MAX_LABELS = 16
@@ -25,12 +23,9 @@ MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_COMMENT = 2000
 MAX_REASON = 500
-DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 DETECTOR = "ensemble"
 
-_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.\-]*")
 
 
@@ -164,16 +159,6 @@ class Suggester(Protocol):
     def submit(self, anomaly: Anomaly) -> None: ...
 
 
-def new_id(now: float, rand: Callable[[int], bytes] = os.urandom) -> str:
-    """A 26-character, time-ordered id (48-bit milliseconds + 80 random bits, Crockford)."""
-    value = (int(now * 1000) << 80) | int.from_bytes(rand(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
-
 def series_id(series: str) -> str:
     """An opaque, URL-safe id derived from a series key (and optionally more parts)."""
     return base64.urlsafe_b64encode(series.encode()).decode().rstrip("=")
@@ -181,7 +166,7 @@ def series_id(series: str) -> str:
 
 def parse_anomaly_name(name: str, field_name: str = "name") -> str:
     prefix, _, aid = name.partition("/")
-    if prefix != "anomalies" or not _ID.fullmatch(aid):
+    if prefix != "anomalies" or not ids.valid(aid):
         raise errors.invalid(
             [errors.FieldViolation(field_name, "must look like anomalies/{26-character id}")],
             "ANOMALY_NAME_INVALID",
@@ -206,43 +191,15 @@ def labels_valid(labels: Mapping[str, str]) -> bool:
     )
 
 
-def page_size(requested: int, field_name: str = "page_size") -> int:
-    """0 means the default, above the maximum is capped, negative is invalid."""
-    if requested < 0:
-        raise errors.invalid(
-            [errors.FieldViolation(field_name, "must not be negative")], "PAGE_SIZE_INVALID"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
 def encode_token(cursor: Sequence[Any], fingerprint: str) -> str:
-    raw = json.dumps({"c": list(cursor), "f": fingerprint}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return paging.encode_token(list(cursor), fingerprint)
 
 
 def decode_token(token: str, fingerprint: str, field_name: str = "page_token") -> list[Any] | None:
-    """The keyset cursor inside a page token; INVALID_ARGUMENT when it is malformed or was
-    made for another filter."""
-    if not token:
-        return None
-    bad = errors.invalid(
-        [errors.FieldViolation(field_name, "is not a token this listing returned")],
-        "PAGE_TOKEN_INVALID",
-    )
-    if len(token) > 2048:
-        raise bad
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise bad from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("c"), list):
-        raise bad
-    if raw.get("f") != fingerprint:
-        raise errors.invalid(
-            [errors.FieldViolation(field_name, "was made for a different filter")],
-            "PAGE_TOKEN_FILTER_MISMATCH",
-        )
-    cursor: list[Any] = raw["c"]
+    """The keyset cursor (a JSON list) inside a page token."""
+    cursor = paging.decode_token(token, fingerprint, field_name)
+    if cursor is not None and not isinstance(cursor, list):
+        raise paging.invalid_token(field_name)
     return cursor
 
 
@@ -310,7 +267,7 @@ class AnomalyBook:
                 [errors.FieldViolation("filter.start_time_range", "end must be after start")],
                 "FILTER_INVALID",
             )
-        size = page_size(requested)
+        size = paging.page_size(requested)
         fp = flt.fingerprint()
         raw = decode_token(token, fp)
         after: tuple[float, str] | None = None

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import Counter, Gauge
 
 from services.anomaly import domain, drift, scoring
-from services.kit import errors
+from services.kit import errors, paging
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class DriftTracker:
                 [errors.FieldViolation("series", "must be at most 1024 characters")],
                 "FILTER_INVALID",
             )
-        size = domain.page_size(requested)
+        size = paging.page_size(requested)
         fp = f"{state.value if state else ''}\x1f{series}"
         raw = domain.decode_token(token, fp)
         after: str | None = None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from services.anomaly import domain
-from services.kit import errors
+from services.kit import errors, paging
 
 
 class Verdict(enum.Enum):
@@ -287,7 +287,7 @@ class Thresholds:
     def list(
         self, series: str, detector: str, adjusted_only: bool, requested: int, token: str
     ) -> domain.Page:
-        size = domain.page_size(requested)
+        size = paging.page_size(requested)
         fp = f"{series}\x1f{detector}\x1f{adjusted_only}"
         raw = domain.decode_token(token, fp)
         after: Key | None = None

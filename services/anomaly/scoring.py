@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import Gauge
 
 from services.anomaly import domain, engine
-from services.kit import errors
+from services.kit import errors, ids
 
 SCORE = Gauge(
     "aiops_anomaly_score",
@@ -353,7 +353,7 @@ class Monitor:
                 before = s.last_value if math.isfinite(s.last_value) else value
                 kind = domain.alarm_kind(value, before, signals, self._kind_depth)
                 ev = domain.Anomaly(
-                    id=domain.new_id(now),
+                    id=ids.new_id(now),
                     series=key,
                     labels=dict(labels or s.labels),
                     state=domain.State.OPEN,

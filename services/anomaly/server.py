@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import asyncpg
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
 from aiops.remediation.v1 import remediation_service_pb2_grpc as rem_grpc
@@ -66,47 +65,6 @@ class Periodic:
             self._task = None
 
 
-class Migrator:
-    """Applies the migrations at start, retrying in the background while Postgres is down,
-    so the service can score before its database is back."""
-
-    def __init__(self, db: asyncpg.Pool, timeout: float) -> None:
-        self._db = db
-        self._timeout = timeout
-        self.done = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _once(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await pg.migrate(self._db, "anomaly", storage.MIGRATIONS)
-        except (OSError, TimeoutError) as exc:
-            log.warning("migrations pending", extra={"error": type(exc).__name__})
-            return False
-        self.done.set()
-        return True
-
-    async def start(self) -> None:
-        if not await self._once():
-            self._task = asyncio.create_task(self._retry(), name="anomaly-migrate")
-
-    async def _retry(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if await self._once():
-                return
-
-    async def check(self) -> None:
-        if not self.done.is_set():
-            raise RuntimeError("migrations not applied")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 @contextlib.asynccontextmanager
 async def running(settings: AnomalySettings) -> AsyncIterator[serve.Running]:
     """Starts the anomaly server with its Postgres pool, detector workers and peers."""
@@ -114,7 +72,9 @@ async def running(settings: AnomalySettings) -> AsyncIterator[serve.Running]:
         db = await stack.enter_async_context(
             pg.pool(settings.database_url, schema=settings.database_schema, min_size=0)
         )
-        migrator = Migrator(db, 5.0)
+        migrator = pg.Migrator(
+            lambda: pg.migrate(db, "anomaly", storage.MIGRATIONS), "anomaly", timeout_seconds=5.0
+        )
         await migrator.start()
         stack.push_async_callback(migrator.stop)
         store = storage.PostgresAnomalyStore(db)

@@ -13,7 +13,7 @@ from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
 from prometheus_client import Counter
 
 from services.anomaly import convert, domain, drift, drift_loop, engine, learning, peers, scoring
-from services.kit import errors
+from services.kit import errors, protoconv
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SUBJECT_METADATA = "x-aiops-subject"
@@ -176,8 +176,8 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
             series=f.series,
             state=enum_value(convert.STATES, f.state, "filter.state"),
             min_severity=enum_value(convert.SEVERITIES, f.min_severity, "filter.min_severity"),
-            start_after=convert.seconds(rng.start_time) if rng.HasField("start_time") else None,
-            start_before=convert.seconds(rng.end_time) if rng.HasField("end_time") else None,
+            start_after=protoconv.seconds(rng.start_time) if rng.HasField("start_time") else None,
+            start_before=protoconv.seconds(rng.end_time) if rng.HasField("end_time") else None,
             detector=f.detector,
         )
         page = await self._book.list(flt, request.page_size, request.page_token)
@@ -230,7 +230,7 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
                     violations.append(
                         errors.FieldViolation(f"windows.{name}", "needs both start and end")
                     )
-                elif convert.seconds(rng.end_time) <= convert.seconds(rng.start_time):
+                elif protoconv.seconds(rng.end_time) <= protoconv.seconds(rng.start_time):
                     violations.append(
                         errors.FieldViolation(f"windows.{name}", "end must be after start")
                     )
@@ -239,12 +239,12 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
             outcome = await self._drifts.detect_windows(
                 w.series,
                 (
-                    convert.seconds(w.reference_range.start_time),
-                    convert.seconds(w.reference_range.end_time),
+                    protoconv.seconds(w.reference_range.start_time),
+                    protoconv.seconds(w.reference_range.end_time),
                 ),
                 (
-                    convert.seconds(w.current_range.start_time),
-                    convert.seconds(w.current_range.end_time),
+                    protoconv.seconds(w.current_range.start_time),
+                    protoconv.seconds(w.current_range.end_time),
                 ),
                 tests,
                 alpha,

@@ -5,20 +5,17 @@ Pure logic: validation, ids, TTLs, page tokens. Storage is behind `FeedbackStore
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import enum
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.kit import errors
+from services.kit import errors, ids, paging
 
 MAX_TARGET_ID = 128
 MAX_COMMENT = 2000
@@ -30,13 +27,11 @@ MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_IDEMPOTENCY_KEY = 128
 MAX_BATCH = 500
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
+MAX_PAGE_SIZE = paging.MAX_PAGE_SIZE
 
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.\-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CURSOR = re.compile(r"\d{13}:[0-9A-Z]{26}")
 
 
 class TargetKind(enum.Enum):
@@ -203,20 +198,10 @@ class FeedbackStore(Protocol):
     async def stats(self, target_kind: TargetKind | None, now: float) -> list[GroupCounts]: ...
 
 
-def new_id(now: float, rand: Callable[[int], bytes] = os.urandom) -> str:
-    """A 26-character, time-ordered id (48-bit milliseconds + 80 random bits, Crockford)."""
-    value = (int(now * 1000) << 80) | int.from_bytes(rand(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
-
 def parse_name(name: str, field_name: str = "name") -> str:
     """The id in a resource name `feedback/{id}`."""
     prefix, _, fid = name.partition("/")
-    if prefix != "feedback" or not _ID.fullmatch(fid):
+    if prefix != "feedback" or not ids.valid(fid):
         raise errors.invalid(
             [errors.FieldViolation(field_name, "must look like feedback/{26-character id}")],
             "FEEDBACK_NAME_INVALID",
@@ -284,48 +269,6 @@ def validate_idempotency_key(key: str, name: str) -> list[errors.FieldViolation]
     return out
 
 
-def page_size(requested: int, field_name: str = "page_size") -> int:
-    """0 means the default, above the maximum is capped, negative is invalid."""
-    if requested < 0:
-        raise errors.invalid(
-            [errors.FieldViolation(field_name, "must not be negative")], "PAGE_SIZE_INVALID"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_token(cursor: str, flt: Filter) -> str:
-    raw = json.dumps({"c": cursor, "f": flt.fingerprint()}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, flt: Filter, field_name: str = "page_token") -> str | None:
-    """The cursor inside a page token; INVALID_ARGUMENT when it is malformed or was made
-    for another filter."""
-    if not token:
-        return None
-    bad = errors.invalid(
-        [errors.FieldViolation(field_name, "is not a token this listing returned")],
-        "PAGE_TOKEN_INVALID",
-    )
-    if len(token) > 512:
-        raise bad
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise bad from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("c"), str):
-        raise bad
-    if raw.get("f") != flt.fingerprint():
-        raise errors.invalid(
-            [errors.FieldViolation(field_name, "was made for a different filter")],
-            "PAGE_TOKEN_FILTER_MISMATCH",
-        )
-    cursor: str = raw["c"]
-    if not re.fullmatch(r"\d{13}:[0-9A-Z]{26}", cursor):
-        raise bad
-    return cursor
-
-
 class FeedbackBook:
     """The feedback service's logic: validation, ids, TTLs, listing and stats."""
 
@@ -351,7 +294,7 @@ class FeedbackBook:
         assert draft.target_kind is not None and draft.verdict is not None
         now = self._clock()
         return Feedback(
-            id=new_id(now),
+            id=ids.new_id(now),
             target_kind=draft.target_kind,
             target_id=draft.target_id,
             verdict=draft.verdict,
@@ -394,7 +337,7 @@ class FeedbackBook:
 
     async def list(self, flt: Filter, requested_page_size: int, token: str) -> Page:
         check_filter(flt)
-        size = page_size(requested_page_size)
+        size = paging.page_size(requested_page_size)
         cursor = decode_token(token, flt)
         items, next_cursor = await self._store.scan(flt, size, cursor)
         return Page(items, encode_token(next_cursor, flt) if next_cursor else "")
@@ -422,6 +365,20 @@ class FeedbackBook:
 
     async def stats(self, target_kind: TargetKind | None) -> builtins.list[GroupCounts]:
         return await self._store.stats(target_kind, self._clock())
+
+
+def encode_token(cursor: str, flt: Filter) -> str:
+    return paging.encode_token(cursor, flt.fingerprint())
+
+
+def decode_token(token: str, flt: Filter, field_name: str = "page_token") -> str | None:
+    """The keyset cursor (`{create_ms:013d}:{id}`) inside a page token."""
+    cursor = paging.decode_token(token, flt.fingerprint(), field_name)
+    if cursor is None:
+        return None
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        raise paging.invalid_token(field_name)
+    return cursor
 
 
 def check_filter(flt: Filter) -> None:

@@ -9,11 +9,10 @@ import grpc
 from aiops.feedback.v1 import feedback_pb2 as fb
 from aiops.feedback.v1 import feedback_service_pb2 as fb_svc
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
 from services.feedback import domain
-from services.kit import errors
+from services.kit import errors, protoconv
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -191,24 +190,18 @@ def _draft(msg: fb.Feedback, prefix: str) -> domain.Draft:
     )
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
-
-
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
 def _filter(msg: Any) -> domain.Filter:
     time_range = msg.create_time_range
     return domain.Filter(
         target_kind=_enum(_KINDS, msg.target_kind, "filter.target_kind", required=False),
         target_id=msg.target_id,
         verdict=_enum(_VERDICTS, msg.verdict, "filter.verdict", required=False),
-        start_time=_seconds(time_range.start_time) if time_range.HasField("start_time") else None,
-        end_time=_seconds(time_range.end_time) if time_range.HasField("end_time") else None,
+        start_time=protoconv.seconds(time_range.start_time)
+        if time_range.HasField("start_time")
+        else None,
+        end_time=protoconv.seconds(time_range.end_time)
+        if time_range.HasField("end_time")
+        else None,
     )
 
 
@@ -225,8 +218,8 @@ def to_proto(item: domain.Feedback) -> fb.Feedback:
         signature=item.signature,
         labels=dict(item.labels),
         author=item.author,
-        create_time=_timestamp(item.create_time),
-        expire_time=_timestamp(item.expire_time),
+        create_time=protoconv.timestamp(item.create_time),
+        expire_time=protoconv.timestamp(item.expire_time),
     )
 
 

@@ -9,6 +9,7 @@ each migration exactly once. Applied versions are recorded in `aiops_migrations`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -121,3 +122,70 @@ async def call(what: str, op: Callable[[], Awaitable[T]], timeout: float = 5.0) 
 async def ping(db: asyncpg.Pool) -> Any:
     """A readiness check: one trivial query."""
     return await db.fetchval("SELECT 1")
+
+
+class Migrator:
+    """Applies a service's migrations at start, or keeps retrying in the background while
+    Postgres is unreachable, so the service starts (not ready) before its database is back.
+
+    Args:
+        apply: runs the migrations (e.g. `lambda: migrate(db, "anomaly", MIGRATIONS)`).
+        service: for logs and the task name.
+        timeout_seconds: limit of one attempt.
+        retry_seconds: pause between attempts.
+        ping: optional readiness ping once the migrations are in (e.g. `lambda: ping(db)`).
+    """
+
+    def __init__(
+        self,
+        apply: Callable[[], Awaitable[object]],
+        service: str,
+        *,
+        timeout_seconds: float = 5.0,
+        retry_seconds: float = 1.0,
+        ping: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self._apply = apply
+        self._service = service
+        self._timeout = timeout_seconds
+        self._retry = retry_seconds
+        self._ping = ping
+        self._task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    async def _once(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._apply()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "migrations pending: database unreachable",
+                extra={"service": self._service, "error": type(exc).__name__},
+            )
+            return False
+        self.done.set()
+        return True
+
+    async def start(self) -> None:
+        if not await self._once():
+            self._task = asyncio.create_task(self._loop(), name=f"{self._service}-migrator")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry)
+            if await self._once():
+                return
+
+    async def check(self) -> None:
+        """A readiness check: fails until the migrations are applied."""
+        if not self.done.is_set():
+            raise RuntimeError("migrations not applied")
+        if self._ping is not None:
+            await self._ping()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

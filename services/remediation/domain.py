@@ -7,15 +7,14 @@ workflow (suggest, remediate, approve, verify) lives in `remediator.py`.
 from __future__ import annotations
 
 import enum
-import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.kit import errors
+from services.kit import errors, ids
 from services.remediation import playbook as pb
 
 MAX_PARAMETERS = 16
@@ -23,16 +22,13 @@ MAX_PARAMETER_VALUE = 256
 MAX_REASON = 500
 MAX_COMMENT = 2000
 MAX_OUTPUT = 64 * 1024
-DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_SUGGESTIONS = 20
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _ANOMALY = re.compile(r"anomalies/[A-Za-z0-9_-]{1,128}")
-_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 class State(enum.Enum):
@@ -224,19 +220,9 @@ class Executor(Protocol):
     async def run(self, steps: Sequence[pb.Rendered], rem: Remediation) -> ExecResult: ...
 
 
-def new_id(now: float, rand: Callable[[int], bytes] = os.urandom) -> str:
-    """A 26-character time-ordered id (48-bit ms + 80 random bits, Crockford base32)."""
-    value = (int(now * 1000) << 80) | int.from_bytes(rand(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
-
 def parse_name(name: str, field_name: str = "name") -> str:
     prefix, _, rid = name.partition("/")
-    if prefix != "remediations" or not _ID.fullmatch(rid):
+    if prefix != "remediations" or not ids.valid(rid):
         raise errors.invalid(
             [errors.FieldViolation(field_name, "must look like remediations/{26-character id}")],
             "REMEDIATION_NAME_INVALID",
@@ -248,14 +234,6 @@ def check_anomaly_name(name: str, field_name: str = "anomaly") -> list[errors.Fi
     if name and not _ANOMALY.fullmatch(name):
         return [errors.FieldViolation(field_name, "must look like anomalies/{anomaly}")]
     return []
-
-
-def page_size(requested: int, field_name: str = "page_size") -> int:
-    if requested < 0:
-        raise errors.invalid(
-            [errors.FieldViolation(field_name, "must not be negative")], "PAGE_SIZE_INVALID"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)

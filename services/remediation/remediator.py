@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services.kit import errors
+from services.kit import errors, ids
 from services.remediation import domain, loader, metrics, ranking, verification
 from services.remediation import playbook as pb
 
@@ -149,7 +149,7 @@ class Remediator:
             req, sig = await self._top_suggestion(req)
         action, target, params = domain.validate(req, self.book.current, self._cfg.policy)
         now = domain.now()
-        rid = domain.new_id(now)
+        rid = ids.new_id(now)
         # A short claim first: if this process dies before recording anything, the
         # request_id frees itself; once recorded, it is kept for the idempotency period.
         claim_ttl = self._cfg.lock_ttl_seconds + self._cfg.command_grace_seconds

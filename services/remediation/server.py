@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 import redis.asyncio as redis
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
@@ -30,48 +28,6 @@ from services.remediation.settings import RemediationSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "aiops.remediation.v1.RemediationService"
-
-
-class Migrator:
-    """Applies the migrations at start, retrying in the background while Postgres is down,
-    so the service starts (not ready) before its database is back."""
-
-    def __init__(self, db: asyncpg.Pool, timeout_seconds: float) -> None:
-        self._db = db
-        self._timeout = timeout_seconds
-        self.done = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _once(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await pg.migrate(self._db, "remediation", storage.MIGRATIONS)
-        except (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError) as exc:
-            log.warning("migrations pending", extra={"error": type(exc).__name__})
-            return False
-        self.done.set()
-        return True
-
-    async def start(self) -> None:
-        if not await self._once():
-            self._task = asyncio.create_task(self._retry(), name="remediation-migrate")
-
-    async def _retry(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if await self._once():
-                return
-
-    async def check(self) -> None:
-        if not self.done.is_set():
-            raise RuntimeError("migrations not applied")
-        await pg.ping(self._db)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 def _executor(
@@ -120,7 +76,12 @@ async def running(settings: RemediationSettings) -> AsyncIterator[serve.Running]
         db = await stack.enter_async_context(
             pg.pool(settings.database_url, schema=settings.database_schema, min_size=0)
         )
-        migrator = Migrator(db, settings.storage_timeout_seconds * 5)
+        migrator = pg.Migrator(
+            lambda: pg.migrate(db, "remediation", storage.MIGRATIONS),
+            "remediation",
+            timeout_seconds=settings.storage_timeout_seconds * 5,
+            ping=lambda: pg.ping(db),
+        )
         await migrator.start()
         stack.push_async_callback(migrator.stop)
         client = tracing.instrument_redis(

@@ -16,9 +16,8 @@ from aiops.common.v1 import common_pb2
 from aiops.remediation.v1 import remediation_pb2 as rem
 from aiops.remediation.v1 import remediation_service_pb2 as svc
 from aiops.remediation.v1 import remediation_service_pb2_grpc as rem_grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 
-from services.kit import errors
+from services.kit import errors, paging, protoconv
 from services.remediation import automation, domain, remediator
 from services.remediation import playbook as pb
 
@@ -95,18 +94,6 @@ def _optional_target(msg: rem.Target, present: bool) -> pb.Target | None:
     return pb.Target(kind, msg.namespace, msg.name)
 
 
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
-
-
-def _dur(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
 def _target_pb(t: pb.Target) -> rem.Target:
     return rem.Target(kind=_TARGET_KIND_PB[t.kind], namespace=t.namespace, name=t.name)
 
@@ -130,9 +117,9 @@ def to_proto(r: domain.Remediation) -> rem.Remediation:
         rolled_back=r.rolled_back,
         refusal_reason=r.refusal_reason,
         request_id=r.request_id,
-        create_time=_ts(r.create_time),
-        update_time=_ts(r.update_time),
-        duration=_dur(r.duration_seconds),
+        create_time=protoconv.timestamp(r.create_time),
+        update_time=protoconv.timestamp(r.update_time),
+        duration=protoconv.duration(r.duration_seconds),
         signature=r.signature,
         automatic=r.automatic,
     )
@@ -144,7 +131,7 @@ def _action_pb(a: pb.Action) -> rem.Action:
         description=a.description,
         destructive=a.destructive,
         blast_radius=_RADIUS_PB[a.blast_radius],
-        cooldown=_dur(a.cooldown_seconds),
+        cooldown=protoconv.duration(a.cooldown_seconds),
         preconditions=list(a.preconditions),
         reversible=a.reversible,
         target_kinds=[_TARGET_KIND_PB[k] for k in a.target_kinds],
@@ -267,7 +254,7 @@ class RemediationServicer(rem_grpc.RemediationServiceServicer):
     async def ListRemediations(
         self, request: svc.ListRemediationsRequest, context: Context
     ) -> svc.ListRemediationsResponse:
-        size = domain.page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         f = request.filter
         out: list[errors.FieldViolation] = []
         state = _STATES.get(f.state) if f.state else None
@@ -323,7 +310,7 @@ class RemediationServicer(rem_grpc.RemediationServiceServicer):
     async def ListActions(
         self, request: svc.ListActionsRequest, context: Context
     ) -> svc.ListActionsResponse:
-        size = domain.page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         actions = list(self._engine.book.current.actions.values())
         start = _untoken(request.page_token, "actions") or ""
         rest = [a for a in actions if a.id > start]
@@ -398,5 +385,5 @@ def _suggestion(rank: int, s: remediator.Suggestion) -> rem.Suggestion:
         destructive=r.action.destructive,
         commands=list(s.commands),
         parameters=s.parameters,
-        cooldown_remaining=_dur(s.cooldown_remaining),
+        cooldown_remaining=protoconv.duration(s.cooldown_remaining),
     )

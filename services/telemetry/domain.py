@@ -6,8 +6,6 @@ Pure logic. Storage is behind `TelemetryStore`; the collector's arithmetic lives
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import json
@@ -16,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from services.kit import errors
+from services.kit import errors, paging
 
 MAX_METRIC = 200
 MAX_LABELS = 16
@@ -31,7 +29,6 @@ MAX_RANGE_SECONDS = 31 * 86400.0
 MAX_STEPS = 11_000
 MAX_POINTS = 11_000
 MAX_QUERY_SERIES = 100
-DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 METRIC_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -304,37 +301,6 @@ def make_query(
     return Query(sid, metric, dict(labels), start, end, step, aggregation if step else None)
 
 
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise _violation("page_size", "must not be negative", "PAGE_SIZE_INVALID")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_token(cursor: str, fingerprint: str) -> str:
-    raw = json.dumps({"c": cursor, "f": fingerprint}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, fingerprint: str) -> str | None:
-    if not token:
-        return None
-    bad = _violation("page_token", "is not a token this listing returned", "PAGE_TOKEN_INVALID")
-    if len(token) > 4096:
-        raise bad
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise bad from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("c"), str):
-        raise bad
-    if raw.get("f") != fingerprint:
-        raise _violation(
-            "page_token", "was made for a different filter", "PAGE_TOKEN_FILTER_MISMATCH"
-        )
-    cursor: str = raw["c"]
-    return cursor
-
-
 class Reader:
     """QuerySeries and ListSeries."""
 
@@ -382,3 +348,17 @@ class Reader:
             items = items[:size]
             return SeriesPage(items, encode_token(items[-1].key, flt.fingerprint()))
         return SeriesPage(items, "")
+
+
+page_size = paging.page_size
+
+
+def encode_token(cursor: str, fingerprint: str) -> str:
+    return paging.encode_token(cursor, fingerprint)
+
+
+def decode_token(token: str, fingerprint: str) -> str | None:
+    cursor = paging.decode_token(token, fingerprint)
+    if cursor is not None and not isinstance(cursor, str):
+        raise paging.invalid_token()
+    return cursor

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 
@@ -30,48 +29,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "aiops.telemetry.v1.TelemetryService"
 ANOMALY_SERVICE = "aiops.anomaly.v1.AnomalyService"
-
-
-class Migrator:
-    """Applies the migrations at start, or keeps retrying in the background while the
-    database is unreachable; the service is not ready until they are applied."""
-
-    def __init__(self, store: storage.PostgresTelemetryStore, retry_seconds: float) -> None:
-        self._store = store
-        self._retry = retry_seconds
-        self._task: asyncio.Task[None] | None = None
-        self.done = asyncio.Event()
-
-    async def _once(self) -> bool:
-        try:
-            await self._store.migrate()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning(
-                "migrations pending: database unreachable", extra={"error": type(exc).__name__}
-            )
-            return False
-        self.done.set()
-        return True
-
-    async def start(self) -> None:
-        if not await self._once():
-            self._task = asyncio.create_task(self._loop(), name="telemetry-migrator")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._retry)
-            if await self._once():
-                return
-
-    async def check(self) -> None:
-        if not self.done.is_set():
-            raise RuntimeError("migrations not applied")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 class Retention:
@@ -131,7 +88,7 @@ async def running(settings: TelemetrySettings) -> AsyncIterator[serve.Running]:
             )
         )
         store = storage.PostgresTelemetryStore(db, settings.database_timeout_seconds)
-        migrator = Migrator(store, 1.0)
+        migrator = pg.Migrator(store.migrate, "telemetry", timeout_seconds=30.0)
         await migrator.start()
         stack.push_async_callback(migrator.stop)
         ingestor = ingest.Ingestor(store, settings.retention_seconds, settings.max_series)

@@ -9,9 +9,9 @@ import grpc
 from aiops.telemetry.v1 import telemetry_pb2 as tel
 from aiops.telemetry.v1 import telemetry_service_pb2 as tel_svc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as tel_grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
-from services.kit import errors
+from services.kit import errors, protoconv
 from services.telemetry import alerts, collector, critical, domain, ingest, sources
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -129,7 +129,7 @@ class TelemetryServicer(tel_grpc.TelemetryServiceServicer):
         self, request: tel_svc.QuerySeriesRequest, context: Context
     ) -> tel_svc.QuerySeriesResponse:
         tr = request.time_range
-        step = _seconds_d(request.step) if request.HasField("step") else 0.0
+        step = protoconv.duration_seconds(request.step) if request.HasField("step") else 0.0
         agg = _AGGREGATIONS.get(request.aggregation)
         if request.aggregation and agg is None:
             raise errors.invalid(
@@ -139,8 +139,8 @@ class TelemetryServicer(tel_grpc.TelemetryServiceServicer):
             name=request.name,
             metric=request.metric,
             labels=dict(request.labels),
-            start=_seconds(tr.start_time) if tr.HasField("start_time") else None,
-            end=_seconds(tr.end_time) if tr.HasField("end_time") else None,
+            start=protoconv.seconds(tr.start_time) if tr.HasField("start_time") else None,
+            end=protoconv.seconds(tr.end_time) if tr.HasField("end_time") else None,
             step=step or None,
             aggregation=agg,
         )
@@ -149,7 +149,7 @@ class TelemetryServicer(tel_grpc.TelemetryServiceServicer):
         for item in found:
             entry = response.series.add(series=_series(item.series))
             for p in item.points:
-                entry.points.add(sample_time=_timestamp(p.time), value=p.value)
+                entry.points.add(sample_time=protoconv.timestamp(p.time), value=p.value)
         return response
 
     async def ListSeries(
@@ -242,20 +242,6 @@ def _rejections(counts: Mapping[domain.Reject, int]) -> list[tel.PointRejectionC
     ]
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
-
-
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
-def _seconds_d(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
-
-
 def _series(s: domain.Series) -> tel.Series:
     out = tel.Series(
         name=s.name,
@@ -265,16 +251,16 @@ def _series(s: domain.Series) -> tel.Series:
         unit=s.unit,
         kind=_KIND_PB[s.kind],
         description=s.description,
-        create_time=_timestamp(s.create_time),
+        create_time=protoconv.timestamp(s.create_time),
     )
     if s.last_point_time is not None:
-        out.last_point_time.CopyFrom(_timestamp(s.last_point_time))
+        out.last_point_time.CopyFrom(protoconv.timestamp(s.last_point_time))
     return out
 
 
 def _snapshot(snap: collector.Snapshot) -> tel_svc.CollectResponse:
     response = tel_svc.CollectResponse(
-        within_slo=snap.within_slo, collect_time=_timestamp(snap.time)
+        within_slo=snap.within_slo, collect_time=protoconv.timestamp(snap.time)
     )
     window = duration_pb2.Duration()
     window.FromNanoseconds(round(snap.window * 1e9))
@@ -290,7 +276,7 @@ def _snapshot(snap: collector.Snapshot) -> tel_svc.CollectResponse:
             within_slo=v.within_slo,
             observed=v.observed,
             window=window,
-            collect_time=_timestamp(snap.time),
+            collect_time=protoconv.timestamp(snap.time),
         )
     for s in snap.sources:
         duration = duration_pb2.Duration()
@@ -300,7 +286,7 @@ def _snapshot(snap: collector.Snapshot) -> tel_svc.CollectResponse:
             kind=_SOURCE_KIND_PB[s.kind],
             result=_RESULT_PB[s.result],
             error_message=s.error,
-            scrape_time=_timestamp(s.start),
+            scrape_time=protoconv.timestamp(s.start),
             scrape_duration=duration,
             sample_count=s.samples,
         )
@@ -308,13 +294,13 @@ def _snapshot(snap: collector.Snapshot) -> tel_svc.CollectResponse:
 
 
 def _draft(a: tel.Alert) -> alerts.Draft:
-    end = _seconds(a.end_time) if a.HasField("end_time") else None
+    end = protoconv.seconds(a.end_time) if a.HasField("end_time") else None
     return alerts.Draft(
         fingerprint=a.fingerprint,
         state=_ALERT_STATES.get(a.state),
         labels=dict(a.labels),
         annotations=dict(a.annotations),
-        start_time=_seconds(a.start_time) if a.HasField("start_time") else None,
+        start_time=protoconv.seconds(a.start_time) if a.HasField("start_time") else None,
         # Alertmanager's zero time (0001-01-01) means "not resolved".
         end_time=end if end is not None and end > 0 else None,
         generator_url=a.generator_url,
@@ -327,9 +313,9 @@ def _alert(a: alerts.Alert) -> tel.Alert:
         state=_ALERT_STATE_PB[a.state],
         labels=dict(a.labels),
         annotations=dict(a.annotations),
-        start_time=_timestamp(a.start_time),
+        start_time=protoconv.timestamp(a.start_time),
         generator_url=a.generator_url,
     )
     if a.end_time is not None:
-        out.end_time.CopyFrom(_timestamp(a.end_time))
+        out.end_time.CopyFrom(protoconv.timestamp(a.end_time))
     return out

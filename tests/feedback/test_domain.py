@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.feedback import domain
-from services.kit import errors
+from services.kit import errors, ids, paging
 
 K, V = domain.TargetKind, domain.Verdict
 
@@ -62,11 +62,11 @@ def test_validate_accepts_a_complete_feedback() -> None:
 
 
 def test_ids_are_time_ordered_and_unique() -> None:
-    ids = [domain.new_id(1_700_000_000 + i / 1000) for i in range(1000)]
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 1000
-    assert all(len(i) == 26 for i in ids)
-    assert domain.parse_name(f"feedback/{ids[0]}") == ids[0]
+    made = [ids.new_id(1_700_000_000 + i / 1000) for i in range(1000)]
+    assert made == sorted(made)
+    assert len(set(made)) == 1000
+    assert all(len(i) == 26 and ids.valid(i) for i in made)
+    assert domain.parse_name(f"feedback/{made[0]}") == made[0]
 
 
 @pytest.mark.parametrize(
@@ -80,12 +80,12 @@ def test_parse_name_rejects_malformed_names(name: str) -> None:
 
 @pytest.mark.parametrize(("requested", "expected"), [(0, 50), (1, 1), (500, 500), (501, 500)])
 def test_page_size_defaults_and_caps(requested: int, expected: int) -> None:
-    assert domain.page_size(requested) == expected
+    assert paging.page_size(requested) == expected
 
 
 def test_page_size_rejects_negative() -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
-        domain.page_size(-1)
+        paging.page_size(-1)
     assert caught.value.violations[0].field == "page_size"
 
 
@@ -108,7 +108,7 @@ def test_page_token_rejects_garbage(token: str) -> None:
 
 def test_filter_matches_on_every_field() -> None:
     item = domain.Feedback(
-        id=domain.new_id(100.0),
+        id=ids.new_id(100.0),
         target_kind=K.ANOMALY,
         target_id="a",
         verdict=V.CONFIRMED,
