@@ -12,7 +12,7 @@ BUF    := .tools/node_modules/.bin/buf
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
 
 .PHONY: install protos lint fmt test run run-feedback run-telemetry run-anomaly \
-        run-remediation run-gateway bench chaos clean buf-lint
+        run-remediation run-gateway bench chaos demo clean buf-lint
 
 install: $(STAMP)
 
@@ -73,6 +73,11 @@ run-gateway: protos
 bench: protos
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 2; }
 	$(PY) -m bench
+
+# The suite plus a traffic generator injecting an incident every 3 minutes (the first after
+# 20 s); open http://localhost:3000/aiops and choose "Dev sign-in as operator".
+demo: protos
+	$(PY) -m services.demo
 
 # Fault scenarios (kill -9 Redis under load, ...): bounded, loopback only.
 chaos: protos

@@ -24,6 +24,7 @@ from google.rpc import status_pb2
 from gateway import (
     auth,
     batching,
+    dashboard,
     errors,
     keyring,
     maintenance,
@@ -299,6 +300,7 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
                 service=b.service,
                 idempotent_methods=_IDEMPOTENT[b.name],
                 default_timeout_seconds=settings.request_timeout_seconds,
+                tls_settings=settings.tls,
             )
             for b in settings.backends
         }
@@ -364,4 +366,5 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
     app.router.add_post("/api/v1/aiops/maintenance", set_maintenance)
     for route in routes.ROUTES:
         app.router.add_route(route.method, route.path, _rpc_handler(route))
+    dashboard.register(app)  # GET /aiops, its assets, the live event stream, dev sign-in
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.kit import settings as kit_settings
+from services.kit import tls as kit_tls
 
 # Each backend: (name, full service name, default gRPC address, default metrics address).
 BACKENDS = (
@@ -48,6 +49,8 @@ class GatewaySettings:
     health_cache_seconds: float
     shutdown_timeout_seconds: float
     coalesce: bool
+    tls: kit_tls.TLSSettings
+    https: kit_tls.TLSSettings
     workers: int
     redis_url: str = field(repr=False)
     maintenance_key: str
@@ -92,6 +95,9 @@ class GatewaySettings:
             ),
             health_cache_seconds=r.float("AIOPS_GATEWAY_HEALTH_CACHE_SECONDS", 1.0, min=0, max=60),
             coalesce=r.bool("AIOPS_GATEWAY_COALESCE", True),
+            # Mutual TLS towards the services, and HTTPS for the public listener.
+            tls=kit_tls.read(r),
+            https=kit_tls.read(r, "AIOPS_GATEWAY_TLS"),
             workers=r.int("AIOPS_GATEWAY_WORKERS", 1, min=1, max=64),
             redis_url=r.str("AIOPS_REDIS_URL", "redis://127.0.0.1:6379/0"),
             maintenance_key=r.str("AIOPS_GATEWAY_MAINTENANCE_KEY", "aiops:maintenance"),

@@ -25,7 +25,7 @@ def serve(reuse_port: bool) -> None:
     from gateway import app
     from services.kit import logging as kit_logging
     from services.kit import serve as kit_serve
-    from services.kit import tracing
+    from services.kit import tls, tracing
 
     cfg = settings_or_exit()
     kit_logging.configure("gateway", cfg.log_level)
@@ -37,6 +37,7 @@ def serve(reuse_port: bool) -> None:
         shutdown_timeout=cfg.shutdown_timeout_seconds,
         access_log=None,
         print=None,
+        ssl_context=tls.server_ssl_context(cfg.https) if cfg.https.server_enabled else None,
         max_field_size=app.MAX_HEADER_BYTES,
         max_line_size=app.MAX_HEADER_BYTES,
         loop=kit_serve.loop_factory()(),

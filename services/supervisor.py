@@ -111,6 +111,7 @@ def run(env: Mapping[str, str], banner: bool = True) -> int:
     state.mkdir(parents=True, exist_ok=True)
     child_env = dict(env)
     child_env["AIOPS_STATE_DIR"] = str(state)
+    child_env.setdefault("AIOPS_GATEWAY_DEV_SIGNIN", "true")  # local only: /aiops dev sign-in
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_gen_path()), str(_gen_path().parent), env.get("PYTHONPATH", "")) if p
     )

@@ -88,6 +88,7 @@ async def running(settings: AnomalySettings) -> AsyncIterator[serve.Running]:
         rem_channel = channels.open_channel(
             settings.remediation_addr,
             service="aiops.remediation.v1.RemediationService",
+            tls_settings=settings.server.tls,
             default_timeout_seconds=settings.peer_timeout_seconds,
         )
         stack.push_async_callback(rem_channel.close, None)

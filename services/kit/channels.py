@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from prometheus_client import Counter
 
-from services.kit import errors, tracing
+from services.kit import errors, tls, tracing
 
 CALLS_WITHOUT_DEADLINE = Counter(
     "grpc_client_calls_without_deadline_total",
@@ -108,8 +108,10 @@ def open_channel(
     idempotent_methods: Sequence[str] = (),
     default_timeout_seconds: float = 5.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    tls_settings: tls.TLSSettings | None = None,
 ) -> grpc.aio.Channel:
-    """Opens a plaintext channel to `target` with tracing, default deadlines and retries.
+    """Opens a channel to `target` with tracing, default deadlines and retries: mutual TLS
+    when `tls_settings` names a CA, else plaintext.
 
     Args:
         target: `host:port` of the peer.
@@ -117,6 +119,7 @@ def open_channel(
         idempotent_methods: methods that may be retried safely.
         default_timeout_seconds: deadline given to calls that have none.
         max_message_bytes: send and receive size limit.
+        tls_settings: this process's certificate and the CA of its peers.
     """
     options = [
         ("grpc.service_config", service_config(service, idempotent_methods)),
@@ -129,8 +132,12 @@ def open_channel(
     ]
     # grpc-stubs leaves `ClientInterceptor` as a placeholder that callers must cast to.
     default_deadline = cast("grpc.aio.ClientInterceptor", _DefaultDeadline(default_timeout_seconds))
-    return grpc.aio.insecure_channel(
-        target,
-        options=options,
-        interceptors=[default_deadline, *tracing.client_interceptors()],
-    )
+    interceptors = [default_deadline, *tracing.client_interceptors()]
+    if tls_settings is not None and tls_settings.client_enabled:
+        return grpc.aio.secure_channel(
+            target,
+            tls.channel_credentials(tls_settings),
+            options=options,
+            interceptors=interceptors,
+        )
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from services.kit import health as kit_health
-from services.kit import interceptors, tracing
+from services.kit import interceptors, tls, tracing
 from services.kit.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,11 @@ async def grpc_server(
     if settings.reflection:
         names = (*service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    if settings.tls.server_enabled:
+        port = server.add_secure_port(address, tls.server_credentials(settings.tls))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC port {settings.grpc_port}")
     metrics_runner = await _start_metrics(settings)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from services.kit import tls as kit_tls
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -161,6 +163,7 @@ class ServerSettings:
     shutdown_grace_seconds: float
     health_probe_interval_seconds: float
     max_message_bytes: int
+    tls: kit_tls.TLSSettings = field(default_factory=kit_tls.TLSSettings)
 
 
 def read_server(r: Reader, service: str, grpc_port: int, metrics_port: int) -> ServerSettings:
@@ -179,6 +182,7 @@ def read_server(r: Reader, service: str, grpc_port: int, metrics_port: int) -> S
             "AIOPS_HEALTH_PROBE_INTERVAL_SECONDS", 1.0, min=0.05, max=60
         ),
         max_message_bytes=r.int("AIOPS_GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, min=1024),
+        tls=kit_tls.read(r),
     )
 
 

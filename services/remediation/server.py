@@ -98,6 +98,7 @@ async def running(settings: RemediationSettings) -> AsyncIterator[serve.Running]
                 settings.feedback_addr,
                 service=clients.FEEDBACK_SERVICE,
                 idempotent_methods=["GetFeedbackStats", "SubmitFeedback"],
+                tls_settings=settings.server.tls,
                 default_timeout_seconds=settings.peer_timeout_seconds,
             )
         )
@@ -106,6 +107,7 @@ async def running(settings: RemediationSettings) -> AsyncIterator[serve.Running]
                 settings.anomaly_addr,
                 service=clients.ANOMALY_SERVICE,
                 idempotent_methods=["GetAnomaly"],
+                tls_settings=settings.server.tls,
                 default_timeout_seconds=settings.peer_timeout_seconds,
             )
         )

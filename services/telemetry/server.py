@@ -102,6 +102,7 @@ async def running(settings: TelemetrySettings) -> AsyncIterator[serve.Running]:
             channel = channels.open_channel(
                 settings.anomaly_addr,
                 service=ANOMALY_SERVICE,
+                tls_settings=settings.server.tls,
                 default_timeout_seconds=settings.anomaly_timeout_seconds,
             )
             stack.push_async_callback(channel.close, None)

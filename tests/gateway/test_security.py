@@ -29,6 +29,8 @@ OWN_ROUTES = (
     ("GET", "/api/v1/aiops/health", "viewer"),
     ("GET", "/api/v1/aiops/maintenance", "viewer"),
     ("POST", "/api/v1/aiops/maintenance", "admin"),
+    ("GET", "/api/v1/aiops/events", "viewer"),
+    ("GET", "/aiops", None),
 )
 TABLE = [(r.method, r.path, r.role) for r in routes.ROUTES] + list(OWN_ROUTES)
 
