@@ -19,9 +19,17 @@ function fmt(v) {
   return v.toPrecision(2);
 }
 
-function clock(ms) {
+// Enough decimals that neighbouring ticks differ (e.g. 99.95 / 100.00, not 100 / 100).
+function tick(v, step) {
+  if (Math.abs(v) >= 1e3) return fmt(v);
+  const decimals = Math.min(3, Math.max(0, 1 - Math.floor(Math.log10(Math.max(step, 1e-9)))));
+  return v.toFixed(decimals);
+}
+
+// Seconds too when the chart spans a few minutes, so neighbouring labels differ.
+function clock(ms, span) {
   const d = new Date(ms);
-  return d.toTimeString().slice(0, 5);
+  return d.toTimeString().slice(0, span < 5 * 60 * 1000 ? 8 : 5);
 }
 
 /**
@@ -51,12 +59,12 @@ export function drawChart(data) {
   for (let i = 0; i <= 3; i++) {
     const v = lo + ((hi - lo) * i) / 3;
     el("line", { class: "grid-line", x1: L, x2: W - R, y1: y(v), y2: y(v) }, svg);
-    el("text", { class: "axis", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, svg).textContent = fmt(v);
+    el("text", { class: "axis", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, svg).textContent = tick(v, (hi - lo) / 3);
   }
   for (let i = 0; i <= 4; i++) {
     const t = start + (span * i) / 4;
     el("text", { class: "axis", x: x(t), y: H - 2, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" }, svg)
-      .textContent = clock(t);
+      .textContent = clock(t, span);
   }
   el("line", { class: "grid-line", x1: L, x2: W - R, y1: sTop + SH, y2: sTop + SH }, svg);
   el("text", { class: "axis", x: L - 4, y: sTop + 8, "text-anchor": "end" }, svg).textContent = "score";
