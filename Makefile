@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,local,s3]'
+	$(PIP) install -q -e '.[dev,local,s3,otlp]'
 	touch $(STAMP)
 
 protos: $(GEN_STAMP)

@@ -179,9 +179,12 @@ async def test_retention_runs_in_the_background(
     from tests.helpers import eventually
     from tests.telemetry.conftest import telemetry_env
 
-    old_now = NOW - 600
+    # The wall clock now, not the module's NOW: the server's retention runs on real time, and
+    # a slow run would otherwise find "new" older than the 120 s retention too.
+    now = float(int(dt.datetime.now(dt.UTC).timestamp()))
+    old_now = now - 600
     await ingestor(store, now=old_now).write([domain.Incoming("old", {}, old_now, 1.0)])
-    await ingestor(store).write([domain.Incoming("new", {}, NOW, 1.0)])
+    await ingestor(store, now=now).write([domain.Incoming("new", {}, now, 1.0)])
     env = telemetry_env(
         postgres_url,
         pg_schema,
