@@ -101,6 +101,8 @@ class Suite:
                 continue
             if any(n in cmd for n in names):
                 found.append(proc)
+                # Gateway workers are spawned children whose command line names no module.
+                found += proc.children(recursive=True)
         return found
 
     @staticmethod

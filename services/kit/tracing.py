@@ -185,13 +185,16 @@ def aiohttp_middleware(quiet_paths: Collection[str] = _QUIET_PATHS) -> Any:
     """The SERVER span of each request (put it first in the middleware list, so logs and
     backend calls of the request carry its trace); probes and scrapes are not traced."""
 
+    # Made once: get_tracer per request showed up in profiles. Before a provider is set it
+    # is a proxy that follows the provider installed later.
+    tracer = trace.get_tracer(_TRACER)
+
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         if route in quiet_paths:
             return await handler(request)
-        tracer = trace.get_tracer(_TRACER)
         with tracer.start_as_current_span(
             f"{request.method} {route}",
             context=propagate.extract(request.headers),
