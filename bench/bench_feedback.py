@@ -183,6 +183,25 @@ def main(argv: list[str] | None = None) -> int:
         f"p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms, "
         f"server cpu {g['cpu_us_per_request']:.0f} us/req"
     )
+    # The levers, each against the default in the same run: POST at concurrency 64.
+    results["levers"] = []
+    for label, extra in (
+        ("default (1 worker, coalescing)", {}),
+        ("2 gateway workers", {"AIOPS_GATEWAY_WORKERS": "2"}),
+        ("no coalescing", {"AIOPS_GATEWAY_COALESCE": "false"}),
+    ):
+        with Suite(**extra) as suite:
+            token = suite.token("operator")
+            _wrk(suite, "POST", 16, 2, token)
+            results["levers"].append(
+                {"config": label, **_wrk(suite, "POST", 64, args.seconds, token)}
+            )
+    print("POST at concurrency 64, each lever against the default in the same run")
+    for r in results["levers"]:
+        print(
+            f"  {r['config']:32} {r['rps']:>7.0f} req/s  p99 {r['p99_ms']:>7.2f} ms  "
+            f"cpu {r['cpu_us_per_request']:>5.0f} us/req  errors {r['errors']}"
+        )
     print("BENCH_JSON " + json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
