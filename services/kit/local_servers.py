@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -45,11 +46,24 @@ class LocalServerError(RuntimeError):
     """A server binary is missing, or a local server failed to start."""
 
 
+# Below the kernel's ephemeral range (32768-60999 on Linux), so that no outgoing connection
+# of any process can take a chosen port as its local port before the server binds it.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Returns a TCP port that is free right now on every address, chosen at random
+    outside the ephemeral range."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*_PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise LocalServerError("no free TCP port found between 20000 and 32000")
 
 
 def _package_dir(name: str) -> Path | None:

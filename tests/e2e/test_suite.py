@@ -35,6 +35,25 @@ def test_rest_feedback_round_trip_and_metrics(suite: Suite) -> None:
     assert float(line.rsplit(" ", 1)[1]) >= 1
 
 
+def test_collect_returns_the_five_critical_metrics_of_the_running_suite(suite: Suite) -> None:
+    token = suite.cli("token", "--role", "viewer")
+    for _ in range(3):  # traffic for the gateway's own latency and error metrics
+        suite.http("GET", FEEDBACK, token)
+    status, snapshot = suite.http("GET", "/api/v1/aiops/collect", token)
+    assert status == 200, snapshot
+    metrics = {m["metric"]: m for m in snapshot["metrics"]}
+    assert set(metrics) == {
+        "latency_p95",
+        "error_rate",
+        "availability",
+        "redis_uptime",
+        "feedback_success_rate",
+    }
+    assert all("target" in m or "sloTarget" in m or "slo" in m for m in metrics.values())
+    observed = [name for name, m in metrics.items() if m.get("observed")]
+    assert {"availability", "redis_uptime"} <= set(observed), snapshot
+
+
 def test_grpcurl_lists_services_and_submits_feedback_the_rest_api_shows(suite: Suite) -> None:
     services = suite.grpcurl("list").split()
     assert "aiops.feedback.v1.FeedbackService" in services
