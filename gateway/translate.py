@@ -122,11 +122,18 @@ def query_time(query: Mapping[str, str], name: str, out: timestamp_pb2.Timestamp
     return True
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_known(query: Mapping[str, str], known: frozenset[str]) -> None:
-    """Unknown query parameters are refused rather than silently ignored."""
+    """Unknown query parameters are refused rather than silently ignored, and no value may
+    carry control characters (a NUL would otherwise reach a database as text)."""
     unknown = sorted(set(query) - known)
     if unknown:
         raise _violation(unknown[0][:100], "is not a known query parameter", "QUERY_INVALID")
+    for name, value in query.items():
+        if _CONTROL.search(value):
+            raise _violation(name, "must not contain control characters", "QUERY_INVALID")
 
 
 def parse_maintenance(raw: bytes) -> tuple[bool, str, float | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import grpc
@@ -46,6 +47,7 @@ _SEVERITIES = {
     common_pb2.SEVERITY_CRITICAL: pb.Severity.CRITICAL,
 }
 _SEVERITY_PB = {v: k for k, v in _SEVERITIES.items()}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STATE_PB = {s: getattr(rem, f"REMEDIATION_STATE_{s.name}") for s in domain.State}
 _STATES = {v: k for k, v in _STATE_PB.items()}
 _OUTCOME_PB = {o: getattr(rem, f"VERIFICATION_OUTCOME_{o.name}") for o in domain.Outcome}
@@ -266,6 +268,13 @@ class RemediationServicer(rem_grpc.RemediationServiceServicer):
             else None
         )
         out += domain.check_anomaly_name(f.anomaly, "filter.anomaly")
+        for name, value in (
+            ("filter.action", f.action),
+            ("filter.target_namespace", f.target_namespace),
+            ("filter.target_name", f.target_name),
+        ):
+            if len(value) > 253 or _CONTROL.search(value):
+                out.append(errors.FieldViolation(name, "must be at most 253 printable characters"))
         if out:
             raise errors.invalid(out, "FILTER_INVALID")
         tr = f.create_time_range

@@ -45,7 +45,9 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(
             "--checks",
             CHECKS,
             "--phases",
-            "examples,coverage,fuzzing",
+            # The coverage phase trips a CPython 3.11 ast bug inside hypothesis (SystemError:
+            # AST constructor recursion depth mismatch); examples and fuzzing do not.
+            "examples,fuzzing",
             "--workers",
             "2",
             "--seed",

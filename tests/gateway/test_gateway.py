@@ -265,6 +265,7 @@ async def test_bad_bodies_get_400_naming_the_field(
         ("startTime=yesterday", "startTime"),
         ("colour=red", "colour"),
         ("targetId=a-1", "filter.target_kind"),
+        ("targetKind=anomaly&targetId=a%00b", "targetId"),
     ],
 )
 async def test_bad_queries_get_400_naming_the_field(
