@@ -188,6 +188,16 @@ class SeriesDetector:
         Raises:
             ValueError: as score(), checked for the whole batch before any state changes.
         """
+        return self.score_arrays(timestamps, values)[0]
+
+    def score_arrays(
+        self, timestamps: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores many points and returns (scores float64, signal bitmasks int64).
+
+        Bit ``i`` of a bitmask is ``SIGNALS[i]``. Identical to score() on each point in
+        order; validated as score_batch.
+        """
         ts = np.asarray(timestamps, dtype=np.float64).ravel()
         xs = np.asarray(values, dtype=np.float64).ravel()
         if ts.shape != xs.shape:
@@ -199,7 +209,7 @@ class SeriesDetector:
         out = [0.0] * ts.size
         flags = [0] * ts.size
         self._run(ts.tolist(), xs.tolist(), out, flags)
-        return np.asarray(out, dtype=np.float64)
+        return np.asarray(out, dtype=np.float64), np.asarray(flags, dtype=np.int64)
 
     def _run(self, ts: list[float], xs: list[float], out: list[float], flags: list[int]) -> None:
         # One loop for both entry points, on locals and scalar math: that is what makes

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from services.anomaly import detectors
 
 # One group: a series key, its timestamps (epoch seconds, increasing) and values.
@@ -43,24 +45,10 @@ def signal_names(flags: int) -> tuple[str, ...]:
 def _score_points(
     det: detectors.SeriesDetector, ts: Sequence[float], xs: Sequence[float]
 ) -> Scored:
-    n = len(ts)
-    out = [0.0] * n
-    flags = [0] * n
-    run = getattr(det, "_run", None)
-    if run is not None:
-        try:
-            # The batch loop also reports the per-point signal bitmask, which the public
-            # score_batch drops; it is the same code `score()` runs point by point.
-            run(list(ts), list(xs), out, flags)
-            return Scored(out, flags)
-        except TypeError:
-            pass
-    names = detectors.SIGNALS
-    for i in range(n):
-        s = det.score(ts[i], xs[i])
-        out[i] = s.value
-        flags[i] = sum(1 << names.index(name) for name in s.signals)
-    return Scored(out, flags)
+    values, flags = det.score_arrays(
+        np.asarray(ts, dtype=np.float64), np.asarray(xs, dtype=np.float64)
+    )
+    return Scored(values.tolist(), flags.tolist())
 
 
 class Engine:
