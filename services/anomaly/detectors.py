@@ -16,7 +16,6 @@ first point rather than while it lasts.
 
 from __future__ import annotations
 
-import bisect
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -25,22 +24,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from services.anomaly import kernel
+
 SIGNALS: tuple[str, ...] = (
     "spike", "level_shift", "rare_value", "variance_change", "new_extreme",
 )  # fmt: skip
-_N_CAL = 4  # signals with a tail calibrator (all but new_extreme)
-# Weighted Bonferroni over the calibrated signals; a variance change alone is weaker evidence.
-_INV_WEIGHTS: tuple[float, ...] = (4.0, 4.0, 4.0, 40.0)
-_NEW_EXTREME = SIGNALS.index("new_extreme")
-_LEVEL_SHIFT = 1 << SIGNALS.index("level_shift")
 _STATE_VERSION = 1
-# Smallest reported tail probability: 1 - 1e-15 is still distinct from 1.0 in float64.
-_MIN_LOG_P = -34.0
-_FLOAT_STATE: tuple[str, ...] = (
-    "t0", "x_last", "lvl", "sc", "off", "sc2", "mae0", "mae1", "maerw", "scrw", "scs",
-    "base", "sbase", "cp", "cm", "vf", "vs", "absdiff", "ref", "xa",
-)  # fmt: skip
-_INT_STATE: tuple[str, ...] = ("n", "run_len", "xa_dir")
 
 
 @dataclass(frozen=True)
@@ -107,24 +96,26 @@ class Score:
     signals: tuple[str, ...]
 
 
-def _new_cal() -> list[float]:
-    # [exceedance weight, threshold, weighted sum of log excesses, positive updates,
-    # fraction of positive values]; the prior is worth 5 exceedances with tail index 4.
-    return [5.0, 0.0, 1.25, 0.0, 1.0]
-
-
 class SeriesDetector:
     """Causal streaming detector for one series.
 
-    A point's score depends only on it and the points before it. ``score_batch`` runs the
-    same loop as ``score`` and gives bit-identical results.
+    A point's score depends only on it and the points before it. ``score``, ``score_batch``
+    and ``score_arrays`` run the same compiled loop (services.anomaly.kernel) and give
+    bit-identical results.
     """
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
-        # Per-call constants, unpacked in one step by _run.
-        self._consts = (
+        consts = np.zeros(kernel.N_CONSTS)
+        consts[
+            [
+                kernel.C_AL, kernel.C_AS, kernel.C_AP, kernel.C_WMAX, kernel.C_LAM, kernel.C_K,
+                kernel.C_ALARM, kernel.C_WARM, kernel.C_PERIOD, kernel.C_NB, kernel.C_Q,
+                kernel.C_DECAY, kernel.C_KTOP, kernel.C_XFAC, kernel.C_WARM_CUSUM,
+                kernel.C_M_STEADY, kernel.C_STEADY_UP, kernel.C_STEADY_DOWN, kernel.C_RATE_MIN,
+            ]
+        ] = (
             c.alpha_level, c.alpha_slow, c.alpha_season, c.memory * c.tail_q,
             1.0 - 1.0 / (c.memory * c.tail_q), c.cusum_k, c.alarm_p, c.warmup,
             c.season_seconds, c.season_bins, c.tail_q, 1.0 - 1.0 / c.refractory,
@@ -137,22 +128,16 @@ class SeriesDetector:
             math.exp(-c.tail_eta * c.tail_q),
             1.0 / c.memory,
         )  # fmt: skip
-        # Scalar state as two flat lists (names in _FLOAT_STATE / _INT_STATE order).
-        self._f = [0.0] * len(_FLOAT_STATE)
-        self._zs = [0.0] * _N_CAL  # scratch
-        self._pj = [1.0] * len(SIGNALS)  # scratch
-        self._i = [0] * len(_INT_STATE)
-        self._t_last = -math.inf
-        self._prof = [0.0] * self.config.season_bins
-        self._pcnt = [0] * self.config.season_bins
-        self._cal = [_new_cal() for _ in range(_N_CAL)]
-        self._top: list[float] = []  # highest values, ascending
-        self._bot: list[float] = []  # negated lowest values, ascending
+        self._consts = consts
+        self._st = kernel.new_state(c.season_bins, c.extreme_k)
+        # One-point buffers, reused by score().
+        self._t1, self._x1 = np.zeros(1), np.zeros(1)
+        self._o1, self._f1 = np.zeros(1), np.zeros(1, dtype=np.int64)
 
     @property
     def count(self) -> int:
         """Points scored so far."""
-        return self._i[0]
+        return int(self._st[kernel.S_N])
 
     def score(self, timestamp_seconds: float, value: float) -> Score:
         """Scores one point and updates the state.
@@ -172,15 +157,13 @@ class SeriesDetector:
         x = float(value)
         if not (math.isfinite(t) and math.isfinite(x)):
             raise ValueError("timestamp and value must be finite")
-        if t < self._t_last:
+        if t < self._st[kernel.S_TLAST]:
             raise ValueError("timestamps must be non-decreasing")
-        out = [0.0]
-        flags = [0]
-        self._run([t], [x], out, flags)
-        f = flags[0]
-        if not f:
-            return Score(out[0], ())
-        return Score(out[0], tuple(s for i, s in enumerate(SIGNALS) if f >> i & 1))
+        self._t1[0] = t
+        self._x1[0] = x
+        kernel.run(self._consts, self._st, self._t1, self._x1, self._o1, self._f1)
+        f = int(self._f1[0])
+        return Score(float(self._o1[0]), _names(f) if f else ())
 
     def score_batch(self, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Scores many points; identical to calling score() on each in order.
@@ -198,230 +181,40 @@ class SeriesDetector:
         Bit ``i`` of a bitmask is ``SIGNALS[i]``. Identical to score() on each point in
         order; validated as score_batch.
         """
-        ts = np.asarray(timestamps, dtype=np.float64).ravel()
-        xs = np.asarray(values, dtype=np.float64).ravel()
+        ts = np.ascontiguousarray(timestamps, dtype=np.float64).ravel()
+        xs = np.ascontiguousarray(values, dtype=np.float64).ravel()
         if ts.shape != xs.shape:
             raise ValueError("timestamps and values must have the same length")
-        if not (np.all(np.isfinite(ts)) and np.all(np.isfinite(xs))):
+        if not (np.isfinite(ts).all() and np.isfinite(xs).all()):
             raise ValueError("timestamp and value must be finite")
-        if ts.size and (ts[0] < self._t_last or np.any(np.diff(ts) < 0)):
+        if ts.size and (ts[0] < self._st[kernel.S_TLAST] or (np.diff(ts) < 0).any()):
             raise ValueError("timestamps must be non-decreasing")
-        out = [0.0] * ts.size
-        flags = [0] * ts.size
-        self._run(ts.tolist(), xs.tolist(), out, flags)
-        return np.asarray(out, dtype=np.float64), np.asarray(flags, dtype=np.int64)
-
-    def _run(self, ts: list[float], xs: list[float], out: list[float], flags: list[int]) -> None:
-        # One loop for both entry points, on locals and scalar math: that is what makes
-        # batch == streaming exact and keeps the per-point cost low.
-        (
-            a_l0, a_s0, a_p, wmax, lam0, k, alarm_p, warm, period, nb, q0, decay, ktop,
-            xfac, warm_cusum, m_steady, steady_up, steady_down, rate_min,
-        ) = self._consts  # fmt: skip
-        exp, log, sqrt, inf = math.exp, math.log, math.sqrt, math.inf
-        insort, bisect_left = bisect.insort, bisect.bisect_left
-        inv_w = _INV_WEIGHTS
-        n, run, xa_dir = self._i
-        (
-            t0, x_last, lvl, sc, off, sc2, mae0, mae1, maerw, scrw, scs, base, sbase, cp, cm,
-            vf, vs, absdiff, ref, xa,
-        ) = self._f  # fmt: skip
-        prof, pcnt, cal, top, bot = self._prof, self._pcnt, self._cal, self._top, self._bot
-        zs, pj = self._zs, self._pj
-        for i in range(len(xs)):
-            x = xs[i]
-            t = ts[i]
-            if n == 0:
-                lvl = base = x
-                t0 = t
-            floor = 0.1 * absdiff + 1e-9 * (abs(lvl) + 1.0)
-            b = int((t % period) / period * nb) % nb
-            # Residuals of the three predictors, from the state before this point.
-            r0 = x - lvl
-            seasonal_ok = pcnt[b] > 0
-            r1 = x - prof[b] - off if seasonal_ok else 0.0
-            rw = x - x_last
-            if seasonal_ok and t - t0 >= period and mae1 < mae0:
-                r, s_fast, best = r1, sc2, mae1
-            else:
-                r, s_fast, best = r0, sc, mae0
-            if n > 1 and maerw < best:
-                r, s_fast = rw, scrw
-            ar = abs(r)
-            if n >= warm_cusum:
-                us = (x - base) / (sbase + floor)
-                cp = max(0.0, cp + us - k)
-                cm = max(0.0, cm - us - k)
-            vf_new = vf + a_l0 * (ar - vf)
-            fl = 0
-            p = 1.0
-            if n >= warm:
-                zs[0] = ar / (s_fast + floor)
-                zs[1] = cp if cp > cm else cm
-                zs[2] = ar / (scs + floor)
-                zs[3] = (vf_new + floor) / (vs + floor)
-                # Calibrated tail probability of each statistic, then update its calibrator.
-                p_point = 1.0
-                rate_pos = 1.0 / (n - warm + 2.0)
-                if rate_pos < rate_min:
-                    rate_pos = rate_min
-                for j in range(_N_CAL):
-                    pj[j] = 1.0
-                    z = zs[j]
-                    cj = cal[j]
-                    w, u, h, m, pos = cj
-                    # Zero-inflated statistics (a CUSUM at rest): the tail is fitted to the
-                    # positive values and scaled by how often the statistic is positive.
-                    cj[4] = pos + rate_pos * ((1.0 if z > 0.0 else 0.0) - pos)
-                    if z <= 0.0:
-                        continue
-                    if m == 0.0:
-                        cj[1] = z
-                        cj[3] = 1.0
-                        continue
-                    cj[3] = m + 1.0
-                    if m < m_steady:
-                        st = 1.0 / sqrt(m)
-                        f_up, f_down = exp(st * (1.0 - q0)), exp(-st * q0)
-                    else:
-                        f_up, f_down = steady_up, steady_down
-                    if z > u:
-                        e = log(z / u)
-                        # Pareto tail above the running (1 - q0) quantile, Hill index w / h.
-                        pz = pos * q0 * exp(-e * w / h)
-                        pj[j] = pz
-                        pz *= inv_w[j]
-                        if pz < p_point:
-                            p_point = pz
-                        if w < wmax:
-                            cj[0] = w + 1.0
-                            cj[2] = h + e
-                        else:
-                            cj[0] = w * lam0 + 1.0
-                            cj[2] = h * lam0 + e
-                        cj[1] = u * f_up
-                    else:
-                        cj[1] = u * f_down
-                # Rank of the value among all seen so far: (k + 1) / (n + 1) among the top
-                # extreme_k, with an exponential tail beyond the current extreme.
-                p_ext = 1.0
-                kt = len(top)
-                if x > top[0]:
-                    kk = kt - bisect_left(top, x)
-                    p_ext = (kk + 1.0) / (n + 1.0)
-                    me = top[-1] - top[0]
-                    if x > top[-1] and me > 0.0:
-                        p_ext *= exp(-(x - top[-1]) * (kt - 1) / (kt * me))
-                if -x > bot[0]:
-                    kk = kt - bisect_left(bot, -x)
-                    pe = (kk + 1.0) / (n + 1.0)
-                    me = bot[-1] - bot[0]
-                    if -x > bot[-1] and me > 0.0:
-                        pe *= exp((x + bot[-1]) * (kt - 1) / (kt * me))
-                    if pe < p_ext:
-                        p_ext = pe
-                pj[_NEW_EXTREME] = p_ext
-                for j in range(len(SIGNALS)):
-                    if pj[j] < alarm_p:
-                        fl |= 1 << j
-                # Fisher's method on the point evidence and the rank evidence.
-                pp = (p_point if p_point < 1.0 else 1.0) * min(1.0, p_ext * xfac)
-                p = pp * (1.0 - log(pp)) if pp > 0.0 else 0.0
-            lp = log(p) if 0.0 < p < 1.0 else (0.0 if p >= 1.0 else -inf)
-            # Novelty filter: only the surprise beyond the last alarm (forgotten over
-            # `refractory` points) counts, unless the value moves past the alarm's value.
-            beyond = (xa_dir > 0 and x > xa) or (xa_dir < 0 and x < xa)
-            lq = lp if beyond else lp - ref
-            if lq > 0.0:
-                lq = 0.0
-            elif lq < _MIN_LOG_P:
-                lq = _MIN_LOG_P
-            if lp < ref or (beyond and lp < 0.5 * ref):
-                ref = lp if lp > -700.0 else -700.0
-                xa = x
-                xa_dir = 1 if r > 0 else -1
-            ref *= decay
-            out[i] = 1.0 - exp(lq)
-            flags[i] = fl
-            # State update; count-based rates while warming up.
-            a_l = 1.0 / (n + 1) if n * a_l0 < 1.0 else a_l0
-            a_s = 1.0 / (n + 1) if n * a_s0 < 1.0 else a_s0
-            if n > 0:
-                absdiff += (1.0 / n if n * a_s0 < 1.0 else a_s0) * (abs(rw) - absdiff)
-                maerw += a_s * (abs(rw) - maerw)
-                limw = 4.0 * (scrw + floor) if n >= warm else inf
-                scrw += a_l * (min(abs(rw), limw) - scrw)
-                sbase += a_s * (abs(x - base) - sbase)
-                base += a_s * (x - base)
-            vf = vf_new
-            vs += a_s * (ar - vs)
-            scs += a_s * (ar - scs)
-            mae0 += a_s * (abs(r0) - mae0)
-            lim = 4.0 * (sc + floor) if n >= warm else inf
-            if r0 > lim:
-                run = run + 1 if run > 0 else 1
-                rc = lim
-            elif r0 < -lim:
-                run = run - 1 if run < 0 else -1
-                rc = -lim
-            else:
-                run = 0
-                rc = r0
-            if run >= 2 or run <= -2:
-                # The excursion persists: a new regime, not a spike; re-anchor the level.
-                lvl = x
-                run = 0
-            else:
-                lvl += a_l * rc
-            sc += a_l * (abs(rc) - sc)
-            if seasonal_ok:
-                mae1 += a_s * (abs(r1) - mae1)
-                lim2 = 4.0 * (sc2 + floor) if n >= warm else inf
-                if abs(r1) < lim2:
-                    off += a_l * (r1 - off)
-                sc2 += a_l * (min(abs(r1), lim2) - sc2)
-                prof[b] += a_p * (x - prof[b])
-            else:
-                mae1 += a_s * (abs(r0) - mae1)
-                prof[b] = x
-            pcnt[b] += 1
-            if len(top) < ktop:
-                insort(top, x)
-                insort(bot, -x)
-            else:
-                if x > top[0]:
-                    insort(top, x)
-                    del top[0]
-                if -x > bot[0]:
-                    insort(bot, -x)
-                    del bot[0]
-            if fl & _LEVEL_SHIFT:
-                cp = cm = 0.0
-                base = x
-            x_last = x
-            n += 1
-        self._i = [n, run, xa_dir]
-        self._f = [
-            t0, x_last, lvl, sc, off, sc2, mae0, mae1, maerw, scrw, scs, base, sbase, cp, cm,
-            vf, vs, absdiff, ref, xa,
-        ]  # fmt: skip
-        if ts:
-            self._t_last = ts[-1]
+        out = np.empty(ts.size)
+        flags = np.empty(ts.size, dtype=np.int64)
+        kernel.run(self._consts, self._st, ts, xs, out, flags)
+        return out, flags
 
     def to_state(self) -> dict[str, object]:
         """Returns a JSON-serialisable snapshot; ``from_state`` continues it exactly."""
-        scalars: dict[str, float | int] = dict(zip(_INT_STATE, self._i, strict=True))
-        scalars.update(zip(_FLOAT_STATE, self._f, strict=True))
+        st = self._st
+        c = self.config
+        prof, cnt, cal, top, bot, _ = kernel.layout(c.season_bins, c.extreme_k)
+        kt = int(st[kernel.S_NTOP])
+        scalars: dict[str, float | int] = {
+            name: int(st[kernel.S_N + i]) for i, name in enumerate(kernel.INT_STATE)
+        }
+        scalars.update((name, float(st[i])) for i, name in enumerate(kernel.FLOAT_STATE))
+        t_last = float(st[kernel.S_TLAST])
         return {
             "version": _STATE_VERSION,
-            "config": asdict(self.config),
-            "t_last": self._t_last if math.isfinite(self._t_last) else None,
+            "config": asdict(c),
+            "t_last": t_last if math.isfinite(t_last) else None,
             "scalars": scalars,
-            "profile": list(self._prof),
-            "profile_counts": list(self._pcnt),
-            "calibrators": [list(cj) for cj in self._cal],
-            "highest": list(self._top),
-            "lowest": [-v for v in self._bot],
+            "profile": st[prof:cnt].tolist(),
+            "profile_counts": [int(v) for v in st[cnt:cal]],
+            "calibrators": st[cal:top].reshape(kernel.N_CAL, kernel.CAL_WIDTH).tolist(),
+            "highest": st[top : top + kt].tolist(),
+            "lowest": (-st[bot : bot + kt]).tolist(),
         }
 
     @classmethod
@@ -435,10 +228,10 @@ class SeriesDetector:
             raise ValueError(f"unsupported detector state version {d.get('version')!r}")
         try:
             det = cls(DetectorConfig(**d["config"]))
+            nb, k = det.config.season_bins, det.config.extreme_k
             t_last = d["t_last"]
-            det._t_last = -math.inf if t_last is None else float(t_last)
-            det._i = [int(d["scalars"][name]) for name in _INT_STATE]
-            det._f = [float(d["scalars"][name]) for name in _FLOAT_STATE]
+            ints = [int(d["scalars"][name]) for name in kernel.INT_STATE]
+            floats = [float(d["scalars"][name]) for name in kernel.FLOAT_STATE]
             prof = [float(v) for v in d["profile"]]
             pcnt = [int(v) for v in d["profile_counts"]]
             cal = [[float(v) for v in cj] for cj in d["calibrators"]]
@@ -446,11 +239,38 @@ class SeriesDetector:
             bot = sorted(-float(v) for v in d["lowest"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed detector state: {exc}") from exc
-        nb = det.config.season_bins
-        if len(prof) != nb or len(pcnt) != nb or len(cal) != _N_CAL or len(top) != len(bot):
+        if (
+            len(prof) != nb
+            or len(pcnt) != nb
+            or len(cal) != kernel.N_CAL
+            or any(len(cj) != kernel.CAL_WIDTH for cj in cal)
+            or len(top) != len(bot)
+            or len(top) > k
+        ):
             raise ValueError("malformed detector state: wrong sizes")
-        det._prof, det._pcnt, det._cal, det._top, det._bot = prof, pcnt, cal, top, bot
+        o_prof, o_cnt, o_cal, o_top, o_bot, _ = kernel.layout(nb, k)
+        st = det._st
+        st[: len(floats)] = floats
+        st[kernel.S_N : kernel.S_N + len(ints)] = ints
+        st[kernel.S_TLAST] = -math.inf if t_last is None else float(t_last)
+        st[kernel.S_NTOP] = len(top)
+        st[o_prof:o_cnt] = prof
+        st[o_cnt:o_cal] = pcnt
+        st[o_cal:o_top] = np.asarray(cal).ravel()
+        st[o_top : o_top + len(top)] = top
+        st[o_bot : o_bot + len(bot)] = bot
         return det
+
+
+_NAMES: dict[int, tuple[str, ...]] = {}
+
+
+def _names(flags: int) -> tuple[str, ...]:
+    # Signal names of a bitmask, in SIGNALS order (memoised: there are 32 masks).
+    names = _NAMES.get(flags)
+    if names is None:
+        names = _NAMES[flags] = tuple(s for i, s in enumerate(SIGNALS) if flags >> i & 1)
+    return names
 
 
 @dataclass(frozen=True)
