@@ -19,7 +19,8 @@ import numba
 import numpy as np
 
 N_SIGNALS = 5  # detectors.SIGNALS: spike, level_shift, rare_value, variance_change, new_extreme
-N_CAL = 4  # signals with a tail calibrator (all but new_extreme)
+N_CAL = 4  # statistics with a tail calibrator
+N_CAL_POINT = 4  # of which the point statistics (spike, level shift, rare value, variance)
 NEW_EXTREME = 4
 LEVEL_SHIFT_BIT = 1 << 1
 CAL_WIDTH = 5  # [exceedance weight, threshold, sum of log excesses, updates, positive share]
@@ -102,6 +103,43 @@ def _count_at_least(a: np.ndarray, lo: int, size: int, x: float) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _calibrate(st: np.ndarray, o: int, z: float, rate_pos: float, c: np.ndarray) -> float:
+    # Tail probability of statistic z from the calibrator at st[o:o+CAL_WIDTH], then the
+    # calibrator's update with z: a Pareto tail above a running (1 - q) quantile (Hill
+    # index w / h). Zero-inflated statistics (a CUSUM at rest) are fitted on their positive
+    # values and scaled by how often the statistic is positive.
+    w, u, h, m, pos = st[o], st[o + 1], st[o + 2], st[o + 3], st[o + 4]
+    st[o + 4] = pos + rate_pos * ((1.0 if z > 0.0 else 0.0) - pos)
+    if z <= 0.0:
+        return 1.0
+    if m == 0.0:
+        st[o + 1] = z
+        st[o + 3] = 1.0
+        return 1.0
+    q0 = c[C_Q]
+    st[o + 3] = m + 1.0
+    if m < c[C_M_STEADY]:
+        step = 1.0 / math.sqrt(m)
+        f_up, f_down = math.exp(step * (1.0 - q0)), math.exp(-step * q0)
+    else:
+        f_up, f_down = c[C_STEADY_UP], c[C_STEADY_DOWN]
+    if z <= u:
+        st[o + 1] = u * f_down
+        return 1.0
+    e = math.log(z / u)
+    p = pos * q0 * math.exp(-e * w / h)
+    lam = c[C_LAM]
+    if w < c[C_WMAX]:
+        st[o] = w + 1.0
+        st[o + 2] = h + e
+    else:
+        st[o] = w * lam + 1.0
+        st[o + 2] = h * lam + e
+    st[o + 1] = u * f_up
+    return p
+
+
+@numba.njit(cache=True, nogil=True)
 def run(
     c: np.ndarray,
     st: np.ndarray,
@@ -111,11 +149,9 @@ def run(
     flags: np.ndarray,
 ) -> None:
     """Scores ``xs`` (at times ``ts``) into ``out``/``flags`` and advances ``st``."""
-    a_l0, a_s0, a_p, wmax, lam0 = c[C_AL], c[C_AS], c[C_AP], c[C_WMAX], c[C_LAM]
-    k, alarm_p, warm, period = c[C_K], c[C_ALARM], c[C_WARM], c[C_PERIOD]
-    nb, q0, decay, ktop, xfac = int(c[C_NB]), c[C_Q], c[C_DECAY], int(c[C_KTOP]), c[C_XFAC]
-    warm_cusum, m_steady = c[C_WARM_CUSUM], c[C_M_STEADY]
-    steady_up, steady_down, rate_min = c[C_STEADY_UP], c[C_STEADY_DOWN], c[C_RATE_MIN]
+    a_l0, a_s0, a_p, k, alarm_p = c[C_AL], c[C_AS], c[C_AP], c[C_K], c[C_ALARM]
+    warm, period, nb, decay = c[C_WARM], c[C_PERIOD], int(c[C_NB]), c[C_DECAY]
+    ktop, xfac, warm_cusum, rate_min = int(c[C_KTOP]), c[C_XFAC], c[C_WARM_CUSUM], c[C_RATE_MIN]
     o_prof = N_SCALARS
     o_cnt = o_prof + nb
     o_cal = o_cnt + nb
@@ -168,43 +204,12 @@ def run(
             rate_pos = 1.0 / (n - warm + 2.0)
             if rate_pos < rate_min:
                 rate_pos = rate_min
-            for j in range(N_CAL):
-                pj[j] = 1.0
-                z = zs[j]
-                o = o_cal + j * CAL_WIDTH
-                w, u, h, m, pos = st[o], st[o + 1], st[o + 2], st[o + 3], st[o + 4]
-                # Zero-inflated statistics (a CUSUM at rest): the tail is fitted to the
-                # positive values and scaled by how often the statistic is positive.
-                st[o + 4] = pos + rate_pos * ((1.0 if z > 0.0 else 0.0) - pos)
-                if z <= 0.0:
-                    continue
-                if m == 0.0:
-                    st[o + 1] = z
-                    st[o + 3] = 1.0
-                    continue
-                st[o + 3] = m + 1.0
-                if m < m_steady:
-                    step = 1.0 / math.sqrt(m)
-                    f_up, f_down = math.exp(step * (1.0 - q0)), math.exp(-step * q0)
-                else:
-                    f_up, f_down = steady_up, steady_down
-                if z > u:
-                    e = math.log(z / u)
-                    # Pareto tail above the running (1 - q0) quantile, Hill index w / h.
-                    pz = pos * q0 * math.exp(-e * w / h)
-                    pj[j] = pz
-                    pz *= INV_WEIGHTS[j]
-                    if pz < p_point:
-                        p_point = pz
-                    if w < wmax:
-                        st[o] = w + 1.0
-                        st[o + 2] = h + e
-                    else:
-                        st[o] = w * lam0 + 1.0
-                        st[o + 2] = h * lam0 + e
-                    st[o + 1] = u * f_up
-                else:
-                    st[o + 1] = u * f_down
+            for j in range(N_CAL_POINT):
+                pz = _calibrate(st, o_cal + j * CAL_WIDTH, zs[j], rate_pos, c)
+                pj[j] = pz
+                pz *= INV_WEIGHTS[j]
+                if pz < p_point:
+                    p_point = pz
             # Rank of the value among all seen so far: (k + 1) / (n + 1) among the top
             # extreme_k, with an exponential tail beyond the current extreme.
             p_ext = 1.0
