@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from services.anomaly import detectors, offline
+from services.anomaly import detectors, kernel, offline
 
 STEP = 300.0
 T0 = 1_372_896_000.0  # 2013-07-04 00:00:00 UTC
@@ -57,6 +57,31 @@ def test_score_batch_in_chunks_equals_one_batch() -> None:
     det = detectors.SeriesDetector()
     parts = [det.score_batch(t[a : a + 333], x[a : a + 333]) for a in range(0, x.size, 333)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_compiled_loop_equals_plain_python() -> None:
+    # numba must not change the arithmetic: the same loop run as Python gives the same bits.
+    x = _daily(1500, 7)
+    x[700] += 40.0
+    x[1000:] -= 9.0
+    t = _times(x.size)
+    compiled = detectors.SeriesDetector()
+    plain = detectors.SeriesDetector()
+    out_c, flags_c = compiled.score_arrays(t, x)
+    out_p, flags_p = np.empty(x.size), np.empty(x.size, dtype=np.int64)
+    kernel.run.py_func(plain._consts, plain._st, t, x, out_p, flags_p)
+    np.testing.assert_array_equal(out_p, out_c)
+    np.testing.assert_array_equal(flags_p, flags_c)
+    assert (flags_c != 0).any()
+
+
+def test_checkpoint_written_before_since_alarm_still_loads() -> None:
+    det = detectors.SeriesDetector()
+    det.score_batch(_times(500), _daily(500, 8))
+    state = json.loads(json.dumps(det.to_state()))
+    del state["scalars"]["since_alarm"]
+    restored = detectors.SeriesDetector.from_state(state)
+    assert restored.count == 500
 
 
 def test_checkpoint_round_trip_continues_identically() -> None:
