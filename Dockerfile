@@ -3,7 +3,8 @@
 #   docker run aiops-suite gateway | feedback | telemetry | anomaly | remediation | aiops <args>
 # Stages: `protos` generates the protobuf code, `deps` builds the dependencies into a venv,
 # the final stage copies both plus the sources onto a slim base and runs as a non-root user
-# (read-only root filesystem friendly: no bytecode written at run time, state under /tmp).
+# (read-only root filesystem friendly: no bytecode written at run time, state and the
+# detector's compiled-code cache under /tmp).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS protos
@@ -37,7 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/gen \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    AIOPS_STATE_DIR=/tmp/aiops
+    AIOPS_STATE_DIR=/tmp/aiops \
+    NUMBA_CACHE_DIR=/tmp/aiops/numba
 RUN groupadd --system --gid 10001 aiops \
  && useradd --system --uid 10001 --gid aiops --home-dir /nonexistent --shell /usr/sbin/nologin aiops
 COPY --from=deps /opt/venv /opt/venv
