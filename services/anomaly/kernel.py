@@ -136,7 +136,7 @@ def _calibrate(st: np.ndarray, o: int, z: float, rate_pos: float, c: np.ndarray)
         st[o] = w * lam + 1.0
         st[o + 2] = h * lam + e
     st[o + 1] = u * f_up
-    return p
+    return float(p)
 
 
 @numba.njit(cache=True, nogil=True)
