@@ -1,15 +1,29 @@
 """ScorePoints end to end over gRPC: 1,000-point batches streamed to a real anomaly server
-process (its own Postgres), reporting points/s and per-batch latency (p50/p99).
+process (its own Postgres), reporting points/s, per-batch latency (p50/p99/max) and the
+CPU each process used.
 
-Run: ``python bench/bench_anomaly.py [--batches N] [--series K] [--workers 0 2]``.
-Prints a table and one JSON line. Uses AIOPS_DATABASE_URL when set, else starts a local
-Postgres in a temporary directory.
+Every combination of:
+- form: `observations` (one message per point, the original form) or `columns` (one
+  `SeriesBatch` per series with packed times and values);
+- scoring workers: 0 (inline on the event loop, in slices) or N (a process pool);
+- detector: `real` (services/anomaly/detectors.py as it is) or `stub` (a stand-in
+  compiled kernel of a few ns per point, bench/stub_detector.py: the ceiling of
+  everything else on the path).
+
+The client sends pre-serialised requests through a generic stream call with bytes in and
+out, several batches in flight per stream, so the client is not what is measured.
+
+Run: ``python bench/bench_anomaly.py [--batches N] [--series K] [--workers 0 2]
+[--forms observations columns] [--detectors real stub]``.
+Prints a table and one ``BENCH_JSON`` line. Uses AIOPS_DATABASE_URL when set, else
+starts a local Postgres in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import socket
@@ -24,12 +38,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from aiops.anomaly.v1 import anomaly_pb2 as an  # noqa: E402
+import psutil  # noqa: E402
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc  # noqa: E402
-from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from services.kit import local_servers  # noqa: E402
+
+METHOD = "/aiops.anomaly.v1.AnomalyService/ScorePoints"
+T0_MICROS = 1_700_000_000_000_000
+STEP_MICROS = 60_000_000
 
 
 def _free_port() -> int:
@@ -38,20 +55,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _requests(batches: int, series: int, size: int) -> list[an_svc.ScorePointsRequest]:
-    """`batches` requests of `size` points, each batch covering `series` series in turn."""
+def _payloads(form: str, batches: int, series: int, size: int, tag: str) -> list[bytes]:
+    """`batches` serialised requests of `size` points, each covering `series` series."""
     rng = np.random.default_rng(0)
     per = size // series
+    keys = [f"bench_metric_{k}_{tag}" for k in range(series)]
     out = []
     for b in range(batches):
         req = an_svc.ScorePointsRequest(batch_id=str(b))
-        for k in range(series):
-            t0 = 1_700_000_000 + 60 * b * per
+        times = T0_MICROS + STEP_MICROS * (b * per + np.arange(per, dtype=np.int64))
+        for key in keys:
             values = 100.0 + rng.normal(0.0, 1.0, per)
-            for i in range(per):
-                o = req.observations.add(series=f"bench_metric_{k}", value=float(values[i]))
-                o.sample_time.seconds = t0 + 60 * i
-        out.append(req)
+            if form == "columns":
+                req.series_batches.add(
+                    series=key, sample_time_micros=times.tolist(), values=values.tolist()
+                )
+                continue
+            for t, v in zip(times.tolist(), values.tolist(), strict=True):
+                o = req.observations.add(series=key, value=v)
+                o.sample_time.seconds, micros = divmod(t, 1_000_000)
+                o.sample_time.nanos = micros * 1000
+        out.append(req.SerializeToString())
     return out
 
 
@@ -74,43 +98,89 @@ async def _wait_ready(port: int, limit_seconds: float = 90.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _run(
-    port: int, requests: list[an_svc.ScorePointsRequest], streams: int
-) -> dict[str, float]:
-    latencies: list[float] = []
-    points = 0
-    parts = [requests[i::streams] for i in range(streams)]
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
 
-    async def one(stub: an_grpc.AnomalyServiceStub, reqs: list[an_svc.ScorePointsRequest]) -> None:
-        nonlocal points
-        call = stub.ScorePoints()
-        for req in reqs:
-            start = time.perf_counter()
-            await call.write(req)
-            resp = await call.read()
-            latencies.append(time.perf_counter() - start)
-            assert isinstance(resp, an_svc.ScorePointsResponse) and resp.rejected_count == 0
-            points += len(resp.scores)
+
+async def _stream(
+    method: grpc.aio.StreamStreamMultiCallable,
+    payloads: list[bytes],
+    window: int,
+    latencies: list[float],
+) -> int:
+    """Sends `payloads` on one stream with at most `window` in flight; returns points."""
+    call = method(timeout=600)
+    room = asyncio.Semaphore(window)
+    sent: collections.deque[float] = collections.deque()
+
+    async def write() -> None:
+        for p in payloads:
+            await room.acquire()
+            sent.append(time.perf_counter())
+            await call.write(p)
         await call.done_writing()
 
+    async def read() -> int:
+        points = 0
+        for _ in payloads:
+            raw = await call.read()
+            if not isinstance(raw, bytes):
+                raise RuntimeError(f"stream ended early: {await call.code()}")
+            latencies.append(time.perf_counter() - sent.popleft())
+            room.release()
+            resp = an_svc.ScorePointsResponse.FromString(raw)
+            if resp.rejected_count:
+                raise RuntimeError(f"points rejected: {resp.rejections}")
+            points += len(resp.scores) + sum(len(s.scores) for s in resp.series_scores)
+        # Wait for the status: closing the channel first would cancel the call.
+        if await call.code() != grpc.StatusCode.OK:
+            raise RuntimeError(f"stream failed: {await call.code()}")
+        return points
+
+    writer = asyncio.create_task(write())
+    try:
+        return await read()
+    finally:
+        if not writer.done():
+            writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _run(
+    port: int,
+    warm: list[list[bytes]],
+    payloads: list[list[bytes]],
+    window: int,
+    server: list[psutil.Process],
+) -> dict[str, float]:
+    """Runs one stream per entry of `payloads` (each on its own series, so no two streams
+    race on one series' time order) after a warm-up on other series."""
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ],
     ) as ch:
-        stub = an_grpc.AnomalyServiceStub(ch)
-        # Warm-up batch per stream (series creation, imports, worker start-up).
-        warm = [
-            an_svc.ScorePointsRequest(observations=[an.Observation(series=f"w{i}", value=1.0)])
-            for i in range(streams)
-        ]
-        for w in warm:
-            w.observations[0].sample_time.seconds = 1
-            c = stub.ScorePoints()
-            await c.write(w)
-            await c.read()
-            await c.done_writing()
+        method = ch.stream_stream(METHOD)
+        # Warm-up on other series (imports, worker start-up, first allocations).
+        await asyncio.gather(*(_stream(method, w, 1, []) for w in warm))
+        latencies: list[float] = []
+        me = psutil.Process()
+        server_cpu, client_cpu = [_cpu([p]) for p in server], _cpu([me])
         start = time.perf_counter()
-        await asyncio.gather(*(one(stub, p) for p in parts))
+        counts = await asyncio.gather(*(_stream(method, p, window, latencies) for p in payloads))
         elapsed = time.perf_counter() - start
+        server_cpu = [_cpu([p]) - c for p, c in zip(server, server_cpu, strict=True)]
+        client_cpu = _cpu([me]) - client_cpu
+    points = sum(counts)
     lat = np.asarray(latencies) * 1000.0
     return {
         "points": points,
@@ -118,16 +188,47 @@ async def _run(
         "points_per_second": points / elapsed,
         "batch_p50_ms": float(np.percentile(lat, 50)),
         "batch_p99_ms": float(np.percentile(lat, 99)),
+        "batch_max_ms": float(lat.max()),
+        # CPU as a share of one core over the run, and per point.
+        "server_main_cpu": server_cpu[0] / elapsed,
+        "server_workers_cpu": sum(server_cpu[1:]) / elapsed,
+        "client_cpu": client_cpu / elapsed,
+        "server_cpu_us_per_point": sum(server_cpu) / points * 1e6,
     }
+
+
+def _serve(detector: str, workers: int, port: int, db_url: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+        "AIOPS_DATABASE_URL": db_url,
+        "AIOPS_ANOMALY_DATABASE_SCHEMA": "",
+        "AIOPS_ANOMALY_GRPC_PORT": str(port),
+        "AIOPS_ANOMALY_METRICS_PORT": "0",
+        "AIOPS_BIND_HOST": "127.0.0.1",
+        "AIOPS_ANOMALY_SCORING_WORKERS": str(workers),
+        "AIOPS_LOG_LEVEL": "ERROR",
+        "AIOPS_REMEDIATION_ADDR": "127.0.0.1:1",
+        "AIOPS_FEEDBACK_ADDR": "127.0.0.1:1",
+        "AIOPS_GRPC_MAX_MESSAGE_BYTES": str(64 << 20),
+    }
+    module = "bench.stub_detector" if detector == "stub" else "services.anomaly"
+    return subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--batches", type=int, default=2000, help="batches per columnar run")
+    ap.add_argument(
+        "--observation-batches", type=int, default=200, help="batches per observations run"
+    )
     ap.add_argument("--series", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--window", type=int, default=2, help="batches in flight per stream")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--forms", nargs="+", default=["observations", "columns"])
+    ap.add_argument("--detectors", nargs="+", default=["real", "stub"])
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="bench-anomaly-")
     db_url = os.environ.get("AIOPS_DATABASE_URL", "")
@@ -138,50 +239,71 @@ def main(argv: list[str] | None = None) -> int:
         db_url = pg.url
     results = []
     try:
-        for workers in a.workers:
-            port = _free_port()
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
-                "AIOPS_DATABASE_URL": db_url,
-                "AIOPS_ANOMALY_DATABASE_SCHEMA": "",
-                "AIOPS_ANOMALY_GRPC_PORT": str(port),
-                "AIOPS_ANOMALY_METRICS_PORT": "0",
-                "AIOPS_BIND_HOST": "127.0.0.1",
-                "AIOPS_ANOMALY_SCORING_WORKERS": str(workers),
-                "AIOPS_LOG_LEVEL": "WARNING",
-                "AIOPS_REMEDIATION_ADDR": "127.0.0.1:1",
-                "AIOPS_GRPC_MAX_MESSAGE_BYTES": str(64 << 20),
-            }
-            proc = subprocess.Popen([sys.executable, "-m", "services.anomaly"], env=env, cwd=ROOT)
-            try:
-                asyncio.run(_wait_ready(port))
-                # Fresh series keys per run so each starts from an empty detector.
-                reqs = _requests(a.batches, a.series, a.batch_size)
-                for r in reqs:
-                    for o in r.observations:
-                        o.series = f"{o.series}_w{workers}"
-                res = asyncio.run(_run(port, reqs, a.streams))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-            results.append({"scoring_workers": workers, "batch_size": a.batch_size, **res})
+        for detector in a.detectors:
+            for workers in a.workers:
+                port = _free_port()
+                proc = _serve(detector, workers, port, db_url)
+                try:
+                    asyncio.run(_wait_ready(port))
+                    server = psutil.Process(proc.pid)
+                    procs = [server, *server.children(recursive=True)]
+                    for form in a.forms:
+                        n = a.batches if form == "columns" else a.observation_batches
+                        # Fresh series keys per run so each starts from an empty detector.
+                        tag = f"{detector}_{workers}_{form}"
+                        warm, payloads = (
+                            [
+                                _payloads(form, count, a.series, a.batch_size, f"{pre}{tag}_{i}")
+                                for i in range(a.streams)
+                            ]
+                            for pre, count in (("warm_", 4), ("", n // a.streams))
+                        )
+                        try:
+                            res = asyncio.run(_run(port, warm, payloads, a.window, procs))
+                        except (grpc.aio.AioRpcError, RuntimeError) as exc:
+                            sys.stderr.write(f"{tag}: failed: {exc!r}\n")
+                            continue
+                        results.append(
+                            {
+                                "detector": detector,
+                                "scoring_workers": workers,
+                                "form": form,
+                                "batch_size": a.batch_size,
+                                "series_per_batch": a.series,
+                                "streams": a.streams,
+                                "window": a.window,
+                                **res,
+                            }
+                        )
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
     finally:
         if pg is not None:
             pg.close()
         tmp.cleanup()
     header = (
-        f"{'workers':>7} {'batch':>6} {'points':>9} {'points/s':>11} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'detector':>8} {'workers':>7} {'form':>12} {'points':>8} {'points/s':>11} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'srv cpu':>7} {'wrk cpu':>7} "
+        f"{'cli cpu':>7} {'srv us/pt':>9}"
     )
     lines = [header]
     for r in results:
         lines.append(
-            f"{r['scoring_workers']:>7} {r['batch_size']:>6} {r['points']:>9} "
-            f"{r['points_per_second']:>11,.0f} {r['batch_p50_ms']:>8.2f} {r['batch_p99_ms']:>8.2f}"
+            f"{r['detector']:>8} {r['scoring_workers']:>7} {r['form']:>12} {r['points']:>8} "
+            f"{r['points_per_second']:>11,.0f} {r['batch_p50_ms']:>7.2f} "
+            f"{r['batch_p99_ms']:>7.2f} {r['batch_max_ms']:>7.2f} "
+            f"{r['server_main_cpu']:>7.0%} {r['server_workers_cpu']:>7.0%} "
+            f"{r['client_cpu']:>7.0%} {r['server_cpu_us_per_point']:>9.2f}"
         )
-    sys.stdout.write("ScorePoints over gRPC (target: >= 1,000,000 points/s, p99 < 10 ms)\n")
+    sys.stdout.write(
+        f"ScorePoints over gRPC, {a.batch_size}-point batches of {a.series} series, "
+        f"{a.streams} streams x {a.window} in flight "
+        "(target: >= 1,000,000 points/s, p99 < 10 ms)\n"
+        "cpu columns: share of one core (server main process, its scoring workers, client)\n"
+    )
     sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.write(json.dumps({"bench": "anomaly_score_points", "results": results}) + "\n")
+    sys.stdout.write("BENCH_JSON " + json.dumps({"results": results}) + "\n")
     return 0
 
 

@@ -27,6 +27,13 @@ MAX_PAGE_SIZE = 500
 DETECTOR = "ensemble"
 
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.\-]*")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def series_key_ok(key: str) -> bool:
+    """A series key that can be stored: 1 to MAX_SERIES_KEY characters, none a control
+    character (a NUL cannot be stored as Postgres text; found by tests/fuzz)."""
+    return 0 < len(key) <= MAX_SERIES_KEY and _CONTROL_CHARS.search(key) is None
 
 
 class State(enum.Enum):
@@ -258,6 +265,13 @@ class AnomalyBook:
                 [errors.FieldViolation("filter.series", "must be at most 1024 characters")],
                 "FILTER_INVALID",
             )
+        # A NUL would reach Postgres as text and fail there (found by tests/fuzz).
+        for field_name, text in (("filter.series", flt.series), ("filter.detector", flt.detector)):
+            if _CONTROL_CHARS.search(text) or len(text) > MAX_SERIES_KEY:
+                raise errors.invalid(
+                    [errors.FieldViolation(field_name, "must be printable text")],
+                    "FILTER_INVALID",
+                )
         if (
             flt.start_after is not None
             and flt.start_before is not None

@@ -18,16 +18,22 @@ import numpy as np
 
 from services.anomaly import detectors
 
-# One group: a series key, its timestamps (epoch seconds, increasing) and values.
-Group = tuple[str, Sequence[float], Sequence[float]]
+# One group: a series key, its timestamps (float64 epoch seconds, increasing) and values
+# (float64), both 1-d arrays of the same length.
+Group = tuple[str, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """Scores of one group: one value in [0, 1] and one signal bitmask per point."""
+    """Scores of one group: one value in [0, 1] (float64) and one signal bitmask (int64)
+    per point."""
 
-    values: list[float]
-    flags: list[int]
+    values: np.ndarray
+    flags: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Scored:
+        return cls(np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64))
 
 
 _NAMES: dict[int, tuple[str, ...]] = {}
@@ -42,13 +48,9 @@ def signal_names(flags: int) -> tuple[str, ...]:
     return names
 
 
-def _score_points(
-    det: detectors.SeriesDetector, ts: Sequence[float], xs: Sequence[float]
-) -> Scored:
-    values, flags = det.score_arrays(
-        np.asarray(ts, dtype=np.float64), np.asarray(xs, dtype=np.float64)
-    )
-    return Scored(values.tolist(), flags.tolist())
+def _score_points(det: detectors.SeriesDetector, ts: np.ndarray, xs: np.ndarray) -> Scored:
+    values, flags = det.score_arrays(ts, xs)
+    return Scored(values, flags)
 
 
 class Engine:

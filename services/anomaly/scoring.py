@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from prometheus_client import Gauge
 
-from services.anomaly import domain, engine
+from services.anomaly import columns, domain, engine
 from services.kit import errors, ids
 
 SCORE = Gauge(
@@ -98,6 +99,21 @@ class BatchResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """One series' points compared with their thresholds: the series' threshold, which
+    points crossed theirs, the thresholds of points held to a learned kind of alarm and
+    the anomaly names of points that opened or extended one (both by index)."""
+
+    threshold: float
+    anomalous: np.ndarray  # indexes, ascending
+    thresholds: Mapping[int, float]
+    names: Mapping[int, str]
+
+
+_NO_INDEXES = np.empty(0, dtype=np.int64)
+
+
 class ThresholdSource(Protocol):
     """The effective thresholds of each series and kind of alarm (learned from feedback)."""
 
@@ -133,6 +149,7 @@ class _Series:
     dirty: bool = False
     evaluated: int = 0  # points seen at the latest drift evaluation
     seen: int = 0
+    gauge: Any = None  # the series' child of SCORE, looked up once
 
 
 class Monitor:
@@ -208,11 +225,42 @@ class Monitor:
         return {} if s is None else s.labels
 
     async def score(self, batch: Batch | Sequence[Observation]) -> BatchResult:
+        """Scores observations one by one (the per-observation request form)."""
         cols = batch if isinstance(batch, Batch) else Batch.of(batch)
         async with self._lock:
             result = await self._score_locked(cols)
         await self.flush()
         return result
+
+    async def score_columns(
+        self, entries: Sequence[columns.SeriesColumns]
+    ) -> columns.ColumnsResult:
+        """Scores the columnar form: per entry, vectorised checks, one detector call and
+        the event logic only for anomalous points and while an event is open."""
+        async with self._lock:
+            result = await self._score_columns_locked(entries)
+        await self.flush()
+        return result
+
+    def _admit(self, key: str, new_series: int) -> domain.Reject | None:
+        """Why points of an untracked series cannot be scored here, if they cannot."""
+        if not domain.series_key_ok(key):
+            return domain.Reject.INVALID_SERIES
+        if not self._owns(key):
+            return domain.Reject.NOT_OWNER
+        if len(self._series) + new_series >= self._max_series:
+            return domain.Reject.SERIES_LIMIT
+        return None
+
+    async def _resume_unknown(self, keys: Iterable[str]) -> None:
+        # Before validation: a series resumed from a checkpoint brings its latest time.
+        unknown = [
+            k
+            for k in dict.fromkeys(keys)
+            if k not in self._series and domain.series_key_ok(k) and self._owns(k)
+        ]
+        if unknown:
+            await self._resume(unknown)
 
     def _validate(self, b: Batch, rejects: list[domain.Reject | None]) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
@@ -226,12 +274,7 @@ class Monitor:
             if prev is None:
                 s = known.get(key)
                 if s is None:
-                    if not key or len(key) > domain.MAX_SERIES_KEY:
-                        reason = domain.Reject.INVALID_SERIES
-                    elif not self._owns(key):
-                        reason = domain.Reject.NOT_OWNER
-                    elif len(known) + new_series >= self._max_series:
-                        reason = domain.Reject.SERIES_LIMIT
+                    reason = self._admit(key, new_series)
                     prev = -math.inf
                 else:
                     prev = s.last_time
@@ -262,74 +305,239 @@ class Monitor:
     async def _score_locked(self, b: Batch) -> BatchResult:
         n = len(b)
         rejects: list[domain.Reject | None] = [None] * n
+        await self._resume_unknown(b.series)
         groups = self._validate(b, rejects)
-        unknown = [k for k in groups if k not in self._series]
-        if unknown:
-            await self._resume(unknown)
         keys = list(groups)
         times, values = b.times, b.values
+        arrays = [
+            (
+                np.fromiter((times[i] for i in groups[k]), np.float64, len(groups[k])),
+                np.fromiter((values[i] for i in groups[k]), np.float64, len(groups[k])),
+            )
+            for k in keys
+        ]
         scored = await self._scorer.score(
-            [(k, [times[i] for i in groups[k]], [values[i] for i in groups[k]]) for k in keys]  # type: ignore[misc]
+            [(k, ts, xs) for k, (ts, xs) in zip(keys, arrays, strict=True)]
         )
         scores = [0.0] * n
         flags = [0] * n
         thresholds = [0.0] * n
         names = [""] * n
         opened: list[tuple[float, str]] = []
-        for key, out in zip(keys, scored, strict=True):
-            s = self._series.get(key)
-            if s is None:
-                s = self._series[key] = _Series(
-                    recent=collections.deque(maxlen=self._recent_size),
-                    recent_times=collections.deque(maxlen=self._recent_size),
-                )
-            th = self._thresholds
-            thr = th.effective(key)
+        for key, (ts, xs), out in zip(keys, arrays, scored, strict=True):
             idx = groups[key]
-            vals = out.values
-            start_last = s.last_value
-            # Learned offsets depend on the kind of alarm, known only once a point is scored;
-            # points below the lowest threshold of the series skip that lookup.
-            low = th.lowest(key) if th.learned(key) else 2.0
-            for j, i in enumerate(idx):
-                scores[i] = vals[j]
-                flags[i] = out.flags[j]
-                if vals[j] >= low:
-                    prev = values[idx[j - 1]] if j else start_last
-                    kind = domain.alarm_kind(
-                        values[i], prev, engine.signal_names(out.flags[j]), self._kind_depth
-                    )
-                    thresholds[i] = th.effective(key, kind)
-                else:
-                    thresholds[i] = thr
-            for j, i in enumerate(idx):
-                # Only anomalous points and points of a series with an open event need the
-                # event logic; the rest is a plain copy.
-                if vals[j] >= thresholds[i] or s.event is not None:
-                    t = times[i]
-                    assert t is not None
-                    s.last_value = values[idx[j - 1]] if j else start_last
-                    names[i] = self._track(
-                        s, key, t, values[i], b.labels.get(i, {}), vals[j],
-                        engine.signal_names(out.flags[j]), vals[j] >= thresholds[i],
-                        thresholds[i], opened,
-                    )  # fmt: skip
-            last = idx[-1]
-            SCORE.labels(key).set(vals[-1])
-            s.last_time = times[last]  # type: ignore[assignment]
-            s.last_value = values[last]
-            s.recent.extend(values[i] for i in idx)
-            s.recent_times.extend(times[i] for i in idx)  # type: ignore[misc]
-            s.seen += len(idx)
-            if last in b.labels:
-                s.labels = dict(b.labels[last])
-            s.dirty = True
+            point_labels = {j: b.labels[i] for j, i in enumerate(idx) if i in b.labels}
+            applied = self._apply(key, ts, xs, out, {}, point_labels, opened)
+            for j, (i, v, f) in enumerate(
+                zip(idx, out.values.tolist(), out.flags.tolist(), strict=True)
+            ):
+                scores[i] = v
+                flags[i] = f
+                thresholds[i] = applied.thresholds.get(j, applied.threshold)
+                names[i] = applied.names.get(j, "")
         counts: dict[domain.Reject, int] = collections.Counter(r for r in rejects if r is not None)
         opened.sort()
         return BatchResult(
             scores, flags, thresholds, names, rejects, counts,
             [f"anomalies/{aid}" for _, aid in opened],
         )  # fmt: skip
+
+    async def _score_columns_locked(
+        self, entries: Sequence[columns.SeriesColumns]
+    ) -> columns.ColumnsResult:
+        await self._resume_unknown(e.series for e in entries)
+        known = self._series
+        last: dict[str, float] = {}
+        new_keys: set[str] = set()
+        counts: collections.Counter[domain.Reject] = collections.Counter()
+        # Per entry: a whole-entry reject, or the per-point codes and accepted indexes
+        # (None when every point was accepted).
+        checked: list[tuple[domain.Reject | None, np.ndarray | None, np.ndarray | None]] = []
+        groups: list[engine.Group] = []
+        for e in entries:
+            key = e.series
+            prev = last.get(key)
+            reject: domain.Reject | None = None
+            if prev is None:
+                s = known.get(key)
+                if s is None:
+                    reject = self._admit(key, len(new_keys))
+                    prev = -math.inf
+                else:
+                    prev = s.last_time
+            if reject is None and e.labels and not domain.labels_valid(e.labels):
+                reject = domain.Reject.INVALID_LABELS
+            if reject is not None:
+                counts[reject] += len(e)
+                checked.append((reject, None, None))
+                continue
+            reasons, times = columns.point_reasons(e.times_micros, e.values, prev)
+            if reasons is None:
+                ts, xs, idx = times, e.values, None
+            else:
+                for code, count in enumerate(np.bincount(reasons).tolist()):
+                    if code and count:
+                        counts[columns.reject_of(code)] += count
+                idx = np.flatnonzero(reasons == columns.ACCEPTED)
+                ts, xs = times[idx], e.values[idx]
+            checked.append((None, reasons, idx))
+            if ts.shape[0]:
+                if key not in known:
+                    new_keys.add(key)
+                last[key] = float(ts[-1])
+                groups.append((key, ts, xs))
+        scored = iter(await self._scorer.score(groups))
+        pending = iter(groups)
+        opened: list[tuple[float, str]] = []
+        outcomes: list[columns.SeriesOutcome] = []
+        for e, (reject, codes, kept) in zip(entries, checked, strict=True):
+            n = len(e)
+            if reject is not None:
+                outcomes.append(
+                    columns.SeriesOutcome(
+                        e.series, np.zeros(n), self._thresholds.effective(e.series),
+                        _NO_INDEXES, (), reject,
+                    )
+                )  # fmt: skip
+                continue
+            details: list[columns.PointDetail] = []
+            if codes is not None:
+                details = [
+                    columns.PointDetail(int(i), reject=columns.reject_of(int(codes[i])))
+                    for i in np.flatnonzero(codes).tolist()
+                ]
+            if kept is not None and not kept.shape[0]:
+                outcomes.append(
+                    columns.SeriesOutcome(
+                        e.series, np.zeros(n), self._thresholds.effective(e.series),
+                        _NO_INDEXES, details,
+                    )
+                )  # fmt: skip
+                continue
+            key, ts, xs = next(pending)
+            out = next(scored)
+            applied = self._apply(key, ts, xs, out, e.labels, {}, opened)
+            local = applied.anomalous
+            anomalous = local if kept is None or not local.shape[0] else kept[local]
+            flags = out.flags
+            for j, i in zip(local.tolist(), anomalous.tolist(), strict=True):
+                details.append(
+                    columns.PointDetail(
+                        i, True, int(flags[j]), applied.thresholds.get(j, applied.threshold),
+                        applied.names.get(j, ""),
+                    )
+                )  # fmt: skip
+            if kept is None:
+                scores = out.values
+            else:
+                scores = np.zeros(n)
+                scores[kept] = out.values
+                details.sort(key=lambda d: d.index)
+            outcomes.append(
+                columns.SeriesOutcome(e.series, scores, applied.threshold, anomalous, details)
+            )
+        opened.sort()
+        return columns.ColumnsResult(outcomes, counts, [f"anomalies/{aid}" for _, aid in opened])
+
+    def _apply(
+        self,
+        key: str,
+        ts: np.ndarray,
+        xs: np.ndarray,
+        out: engine.Scored,
+        labels: Mapping[str, str],
+        point_labels: Mapping[int, Mapping[str, str]],
+        opened: list[tuple[float, str]],
+    ) -> _Applied:
+        """Compares one series' scored points with their thresholds, runs the event logic
+        where it is needed and updates the series' state."""
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series(
+                recent=collections.deque(maxlen=self._recent_size),
+                recent_times=collections.deque(maxlen=self._recent_size),
+            )
+        th = self._thresholds
+        thr = th.effective(key)
+        vals = out.values
+        learned = th.learned(key)
+        special: dict[int, float] = {}
+        names: dict[int, str] = {}
+        if not learned and s.event is None and vals.max() < thr:
+            # The common case: nothing crossed, no event open, nothing more to do.
+            hot = _NO_INDEXES
+        else:
+            anomalous = vals >= thr
+            start_last = s.last_value
+            if learned:
+                # Learned offsets depend on the kind of alarm, known only once a point is
+                # scored; points below the lowest threshold of the series skip that lookup.
+                for j in np.flatnonzero(vals >= th.lowest(key)).tolist():
+                    prev = float(xs[j - 1]) if j else start_last
+                    kind = domain.alarm_kind(
+                        float(xs[j]), prev, engine.signal_names(int(out.flags[j])),
+                        self._kind_depth,
+                    )  # fmt: skip
+                    special[j] = th.effective(key, kind)
+                    anomalous[j] = vals[j] >= special[j]
+            hot = np.flatnonzero(anomalous)
+            if hot.shape[0] or s.event is not None:
+                self._events(s, key, ts, xs, out, anomalous, hot.tolist(), thr, special,
+                             labels, point_labels, names, opened)  # fmt: skip
+        if s.gauge is None:
+            s.gauge = SCORE.labels(key)
+        s.gauge.set(float(vals[-1]))
+        s.last_time = float(ts[-1])
+        s.last_value = float(xs[-1])
+        s.recent.extend(xs.tolist())
+        s.recent_times.extend(ts.tolist())
+        s.seen += vals.shape[0]
+        final = point_labels.get(vals.shape[0] - 1) or labels
+        if final:
+            s.labels = dict(final)
+        s.dirty = True
+        return _Applied(thr, hot, special, names)
+
+    def _events(
+        self,
+        s: _Series,
+        key: str,
+        ts: np.ndarray,
+        xs: np.ndarray,
+        out: engine.Scored,
+        anomalous: np.ndarray,
+        hot: list[int],
+        thr: float,
+        special: Mapping[int, float],
+        labels: Mapping[str, str],
+        point_labels: Mapping[int, Mapping[str, str]],
+        names: dict[int, str],
+        opened: list[tuple[float, str]],
+    ) -> None:
+        """The event logic over one series' points: only anomalous points and points of a
+        series with an open event need it; it jumps from one anomalous point to the next
+        while no event is open."""
+        vals = out.values
+        start_last = s.last_value
+        n = vals.shape[0]
+        k = 0
+        j = 0 if s.event is not None else hot[0]
+        while j < n:
+            if s.event is None:
+                while k < len(hot) and hot[k] < j:
+                    k += 1
+                if k == len(hot):
+                    break
+                j = hot[k]
+            s.last_value = float(xs[j - 1]) if j else start_last
+            name = self._track(
+                s, key, float(ts[j]), float(xs[j]), point_labels.get(j) or labels,
+                float(vals[j]), engine.signal_names(int(out.flags[j])), bool(anomalous[j]),
+                special.get(j, thr), opened,
+            )  # fmt: skip
+            if name:
+                names[j] = name
+            j += 1
 
     def _track(
         self,

@@ -7,12 +7,23 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 from aiops.anomaly.v1 import anomaly_pb2 as an
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
 from prometheus_client import Counter
 
-from services.anomaly import convert, domain, drift, drift_loop, engine, learning, peers, scoring
+from services.anomaly import (
+    columns,
+    convert,
+    domain,
+    drift,
+    drift_loop,
+    engine,
+    learning,
+    peers,
+    scoring,
+)
 from services.kit import errors, protoconv
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,7 +40,7 @@ EVENTS_OPENED = Counter(
 )
 BATCHES_REJECTED = Counter(
     "aiops_anomaly_batches_rejected_total",
-    "ScorePoints batches rejected whole, by reason (empty, oversized, batch_id).",
+    "ScorePoints batches rejected whole, by reason (empty, oversized, batch_id, mixed, shape).",
     ["reason"],
 )
 
@@ -42,6 +53,25 @@ _REJECT_PB = {
     domain.Reject.INVALID_LABELS: an.SCORE_REJECT_REASON_INVALID_LABELS,
     domain.Reject.NOT_OWNER: an.SCORE_REJECT_REASON_NOT_OWNER,
 }
+
+
+_SCORED = POINTS_TOTAL.labels("scored")
+_ANOMALOUS = POINTS_TOTAL.labels("anomalous")
+_NO_LABELS: Mapping[str, str] = {}
+
+
+def _count_rejections(
+    response: an_svc.ScorePointsResponse, rejections: Mapping[domain.Reject, int]
+) -> int:
+    """Sets rejected_count and rejections of a response; returns the count."""
+    rejected = 0
+    for reason, count in sorted(rejections.items(), key=lambda kv: _REJECT_PB[kv[0]]):
+        if count:
+            response.rejections.add(reason=_REJECT_PB[reason], count=count)
+            POINTS_TOTAL.labels(reason.value).inc(count)
+            rejected += count
+    response.rejected_count = rejected
+    return rejected
 
 
 def subject(context: Context) -> str:
@@ -98,9 +128,73 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
         self, request_iterator: AsyncIterator[an_svc.ScorePointsRequest], context: Context
     ) -> AsyncIterator[an_svc.ScorePointsResponse]:
         async for request in request_iterator:
-            self._check_batch(request)
-            result = await self._monitor.score(_columns(request))
-            yield self._score_response(request.batch_id, result)
+            if request.series_batches:
+                entries = self._check_columns(request)
+                done = await self._monitor.score_columns(entries)
+                yield self._columns_response(request.batch_id, done)
+            else:
+                self._check_batch(request)
+                result = await self._monitor.score(_columns(request))
+                yield self._score_response(request.batch_id, result)
+
+    def _check_columns(self, request: an_svc.ScorePointsRequest) -> list[columns.SeriesColumns]:
+        """Shape checks of the columnar form (a bad shape fails the whole batch before any
+        point is scored), and the entries as arrays."""
+        self._check_batch_id(request.batch_id)
+        if request.observations:
+            BATCHES_REJECTED.labels("mixed").inc()
+            raise errors.invalid(
+                [errors.FieldViolation("observations", "set observations or series_batches")],
+                "BATCH_FORM_INVALID",
+            )
+        violations = []
+        entries = []
+        total = 0
+        for i, sb in enumerate(request.series_batches):
+            n = len(sb.values)
+            total += n
+            if n == 0:
+                violations.append(
+                    errors.FieldViolation(f"series_batches[{i}].values", "must not be empty")
+                )
+            elif len(sb.sample_time_micros) != n:
+                violations.append(
+                    errors.FieldViolation(
+                        f"series_batches[{i}].sample_time_micros",
+                        "must have one entry per value",
+                    )
+                )
+            if not violations:
+                entries.append(
+                    columns.SeriesColumns(
+                        sb.series,
+                        np.array(sb.sample_time_micros, dtype=np.int64),
+                        np.array(sb.values, dtype=np.float64),
+                        dict(sb.labels) if sb.labels else _NO_LABELS,
+                    )
+                )
+        if total > self._max_batch:
+            BATCHES_REJECTED.labels("oversized").inc()
+            raise errors.invalid(
+                [
+                    errors.FieldViolation(
+                        "series_batches", f"must hold 1 to {self._max_batch} points in all"
+                    )
+                ],
+                "BATCH_SIZE_INVALID",
+            )
+        if violations:
+            BATCHES_REJECTED.labels("shape").inc()
+            raise errors.invalid(violations[:20], "SERIES_BATCH_INVALID")
+        return entries
+
+    def _check_batch_id(self, batch_id: str) -> None:
+        if len(batch_id) > 64:
+            BATCHES_REJECTED.labels("batch_id").inc()
+            raise errors.invalid(
+                [errors.FieldViolation("batch_id", "must be at most 64 characters")],
+                "BATCH_ID_INVALID",
+            )
 
     def _check_batch(self, request: an_svc.ScorePointsRequest) -> None:
         n = len(request.observations)
@@ -109,12 +203,8 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
             reason = "empty"
         elif n > self._max_batch:
             reason = "oversized"
-        elif len(request.batch_id) > 64:
-            BATCHES_REJECTED.labels("batch_id").inc()
-            raise errors.invalid(
-                [errors.FieldViolation("batch_id", "must be at most 64 characters")],
-                "BATCH_ID_INVALID",
-            )
+        else:
+            self._check_batch_id(request.batch_id)
         if reason:
             BATCHES_REJECTED.labels(reason).inc()
             raise errors.invalid(
@@ -125,6 +215,43 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
                 ],
                 "BATCH_SIZE_INVALID",
             )
+
+    @staticmethod
+    def _columns_response(batch_id: str, done: columns.ColumnsResult) -> an_svc.ScorePointsResponse:
+        response = an_svc.ScorePointsResponse(batch_id=batch_id)
+        add = response.series_scores.add
+        names = engine.signal_names
+        points = 0
+        anomalous = 0
+        for o in done.outcomes:
+            out = add(
+                series=o.series,
+                scores=o.scores.tolist(),
+                threshold=o.threshold,
+                anomalous_indexes=o.anomalous.tolist(),
+            )
+            points += o.scores.shape[0]
+            anomalous += o.anomalous.shape[0]
+            if o.reject is not None:
+                out.reject_reason = _REJECT_PB[o.reject]
+            if o.details:
+                detail = out.points.add
+                for d in o.details:
+                    if d.reject is not None:
+                        detail(index=d.index, reject_reason=_REJECT_PB[d.reject])
+                    else:
+                        detail(
+                            index=d.index, anomalous=d.anomalous, signals=names(d.flags),
+                            threshold=d.threshold, anomaly=d.anomaly,
+                        )  # fmt: skip
+        rejected = _count_rejections(response, done.rejections)
+        _SCORED.inc(points - rejected)
+        if anomalous:
+            _ANOMALOUS.inc(anomalous)
+        response.opened_anomalies.extend(done.opened)
+        if done.opened:
+            EVENTS_OPENED.inc(len(done.opened))
+        return response
 
     @staticmethod
     def _score_response(batch_id: str, result: scoring.BatchResult) -> an_svc.ScorePointsResponse:
@@ -154,14 +281,10 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
             else:
                 out.append(point(score=score, threshold=thr))
         response.scores.extend(out)
-        rejected = sum(result.rejections.values())
-        response.rejected_count = rejected
-        for reason, count in sorted(result.rejections.items(), key=lambda kv: _REJECT_PB[kv[0]]):
-            response.rejections.add(reason=_REJECT_PB[reason], count=count)
-            POINTS_TOTAL.labels(reason.value).inc(count)
-        POINTS_TOTAL.labels("scored").inc(len(result.scores) - rejected)
+        rejected = _count_rejections(response, result.rejections)
+        _SCORED.inc(len(result.scores) - rejected)
         if anomalous:
-            POINTS_TOTAL.labels("anomalous").inc(anomalous)
+            _ANOMALOUS.inc(anomalous)
         response.opened_anomalies.extend(result.opened)
         if result.opened:
             EVENTS_OPENED.inc(len(result.opened))

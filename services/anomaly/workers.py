@@ -10,57 +10,74 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
+
+import numpy as np
 
 from services.anomaly import engine
 
 T = TypeVar("T")
 
-# Points scored between two yields to the event loop (about 25 ms of detector time).
-SLICE_POINTS = 2000
+# Longest piece of one series scored without a chance to yield, and the detector time
+# after which the event loop gets a turn (so health checks and other streams stay served
+# while a big batch is scored).
+SLICE_POINTS = 1000
+SLICE_SECONDS = 0.005
 
 
-def _slices(groups: Sequence[engine.Group], size: int) -> list[list[tuple[int, engine.Group]]]:
-    """Splits groups into slices of about `size` points, cutting long groups in order."""
-    out: list[list[tuple[int, engine.Group]]] = [[]]
-    room = size
-    for gi, (key, ts, xs) in enumerate(groups):
-        start = 0
-        while start < len(ts):
-            take = min(room, len(ts) - start)
-            out[-1].append((gi, (key, ts[start : start + take], xs[start : start + take])))
-            start += take
-            room -= take
-            if room == 0:
-                out.append([])
-                room = size
-    return [s for s in out if s]
-
-
-def _merge(n: int, parts: list[tuple[int, engine.Scored]]) -> list[engine.Scored]:
-    merged = [engine.Scored([], []) for _ in range(n)]
-    for gi, scored in parts:
-        merged[gi].values.extend(scored.values)
-        merged[gi].flags.extend(scored.flags)
-    return merged
+def _pieces(groups: Sequence[engine.Group], size: int) -> list[tuple[int, engine.Group]]:
+    """The groups, long ones cut in order into pieces of at most `size` points."""
+    out: list[tuple[int, engine.Group]] = []
+    for gi, g in enumerate(groups):
+        key, ts, xs = g
+        if len(ts) <= size:
+            out.append((gi, g))
+            continue
+        for start in range(0, len(ts), size):
+            out.append((gi, (key, ts[start : start + size], xs[start : start + size])))
+    return out
 
 
 class InlineScorer:
-    """Runs the detectors on the event loop, yielding between slices of points."""
+    """Runs the detectors on the event loop, yielding to it after every `slice_seconds` of
+    detector time; a batch of short series pays no yield at all."""
 
-    def __init__(self, slice_points: int = SLICE_POINTS) -> None:
+    def __init__(
+        self, slice_points: int = SLICE_POINTS, slice_seconds: float = SLICE_SECONDS
+    ) -> None:
         self._engine = engine.Engine()
         self._slice = slice_points
+        self._seconds = slice_seconds
 
     async def score(self, groups: Sequence[engine.Group]) -> list[engine.Scored]:
-        parts: list[tuple[int, engine.Scored]] = []
-        for i, piece in enumerate(_slices(groups, self._slice)):
-            if i:
+        pieces = _pieces(groups, self._slice)
+        if len(pieces) == len(groups):
+            # Nothing was cut: one engine call per turn of the loop, in order.
+            out: list[engine.Scored] = []
+            began = time.perf_counter()
+            for g in groups:
+                if time.perf_counter() - began > self._seconds:
+                    await asyncio.sleep(0)
+                    began = time.perf_counter()
+                out.extend(self._engine.score((g,)))
+            return out
+        parts: list[list[engine.Scored]] = [[] for _ in groups]
+        began = time.perf_counter()
+        for gi, g in pieces:
+            if time.perf_counter() - began > self._seconds:
                 await asyncio.sleep(0)
-            scored = self._engine.score([g for _, g in piece])
-            parts.extend((gi, s) for (gi, _), s in zip(piece, scored, strict=True))
-        return _merge(len(groups), parts)
+                began = time.perf_counter()
+            parts[gi].extend(self._engine.score((g,)))
+        return [
+            p[0]
+            if len(p) == 1
+            else engine.Scored(
+                np.concatenate([x.values for x in p]), np.concatenate([x.flags for x in p])
+            )
+            for p in parts
+        ]
 
     async def snapshot(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         return self._engine.snapshot(keys)
@@ -110,7 +127,7 @@ class PoolScorer:
             shard: loop.run_in_executor(
                 self._pools[shard],
                 engine.worker_score,
-                [(groups[i][0], list(groups[i][1]), list(groups[i][2])) for i in idx],
+                [groups[i] for i in idx],
             )
             for shard, idx in shards.items()
         }
@@ -118,7 +135,7 @@ class PoolScorer:
         for shard, fut in futures.items():
             for i, scored in zip(shards[shard], await fut, strict=True):
                 results[i] = scored
-        return [r if r is not None else engine.Scored([], []) for r in results]
+        return [r if r is not None else engine.Scored.empty() for r in results]
 
     async def snapshot(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         loop = asyncio.get_running_loop()
