@@ -10,9 +10,8 @@ history (a Pareto tail above a running high quantile, Hill tail index), so their
 probabilities mean the same on every series; a weighted Bonferroni takes the smallest. The
 value's rank among all values seen so far (how close it is to a new extreme) is combined
 with it by Fisher's method. A novelty filter then keeps only the surprise beyond the last
-alarm unless the series moves past that alarm's value (a move on from an alarm at the very
-next point is the same behaviour), so a new behaviour scores high on its first point rather
-than while it lasts.
+alarm unless the series moves past that alarm's value, so a new behaviour scores high on its
+first point rather than while it lasts.
 """
 
 from __future__ import annotations
@@ -231,10 +230,8 @@ class SeriesDetector:
             det = cls(DetectorConfig(**d["config"]))
             nb, k = det.config.season_bins, det.config.extreme_k
             t_last = d["t_last"]
-            # Checkpoints written before `since_alarm` existed continue as if long after one.
-            scalars = {"since_alarm": 1_000_000, **d["scalars"]}
-            ints = [int(scalars[name]) for name in kernel.INT_STATE]
-            floats = [float(scalars[name]) for name in kernel.FLOAT_STATE]
+            ints = [int(d["scalars"][name]) for name in kernel.INT_STATE]
+            floats = [float(d["scalars"][name]) for name in kernel.FLOAT_STATE]
             prof = [float(v) for v in d["profile"]]
             pcnt = [int(v) for v in d["profile_counts"]]
             cal = [[float(v) for v in cj] for cj in d["calibrators"]]

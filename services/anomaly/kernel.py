@@ -32,13 +32,13 @@ FLOAT_STATE: tuple[str, ...] = (
     "t0", "x_last", "lvl", "sc", "off", "sc2", "mae0", "mae1", "maerw", "scrw", "scs",
     "base", "sbase", "cp", "cm", "vf", "vs", "absdiff", "ref", "xa",
 )  # fmt: skip
-INT_STATE: tuple[str, ...] = ("n", "run_len", "xa_dir", "since_alarm")
+INT_STATE: tuple[str, ...] = ("n", "run_len", "xa_dir")
 (
     S_T0, S_XLAST, S_LVL, S_SC, S_OFF, S_SC2, S_MAE0, S_MAE1, S_MAERW, S_SCRW, S_SCS, S_BASE,
-    S_SBASE, S_CP, S_CM, S_VF, S_VS, S_ABSDIFF, S_REF, S_XA, S_N, S_RUN, S_XADIR, S_SINCE,
-    S_TLAST, S_NTOP,
-) = range(26)  # fmt: skip
-N_SCALARS = 26
+    S_SBASE, S_CP, S_CM, S_VF, S_VS, S_ABSDIFF, S_REF, S_XA, S_N, S_RUN, S_XADIR, S_TLAST,
+    S_NTOP,
+) = range(25)  # fmt: skip
+N_SCALARS = 25
 
 # Slots of the constants array.
 (
@@ -164,8 +164,6 @@ def run(
     base, sbase, cp, cm, vf, vs = st[S_BASE], st[S_SBASE], st[S_CP], st[S_CM], st[S_VF], st[S_VS]
     absdiff, ref, xa = st[S_ABSDIFF], st[S_REF], st[S_XA]
     n, run_len, xa_dir, kt = st[S_N], int(st[S_RUN]), int(st[S_XADIR]), int(st[S_NTOP])
-    since = st[S_SINCE]
-    log_alarm = math.log(alarm_p)
     zs = np.empty(N_CAL)
     pj = np.empty(N_SIGNALS)
 
@@ -246,9 +244,7 @@ def run(
             lp = -inf
         # Novelty filter: only the surprise beyond the last alarm (forgotten over
         # `refractory` points) counts, unless the value moves past the alarm's value.
-        # Points that follow an alarm one after another are the same behaviour: reported at
-        # its first point, not again for every further step in the same direction.
-        beyond = since > 1 and ((xa_dir > 0 and x > xa) or (xa_dir < 0 and x < xa))
+        beyond = (xa_dir > 0 and x > xa) or (xa_dir < 0 and x < xa)
         lq = lp if beyond else lp - ref
         if lq > 0.0:
             lq = 0.0
@@ -259,7 +255,6 @@ def run(
             xa = x
             xa_dir = 1 if r > 0 else -1
         ref *= decay
-        since = 0.0 if lq < log_alarm else since + 1.0
         out[i] = 1.0 - math.exp(lq)
         flags[i] = fl
         # State update; count-based rates while warming up.
@@ -323,6 +318,6 @@ def run(
     st[S_MAE0], st[S_MAE1], st[S_MAERW], st[S_SCRW], st[S_SCS] = mae0, mae1, maerw, scrw, scs
     st[S_BASE], st[S_SBASE], st[S_CP], st[S_CM], st[S_VF], st[S_VS] = base, sbase, cp, cm, vf, vs
     st[S_ABSDIFF], st[S_REF], st[S_XA] = absdiff, ref, xa
-    st[S_N], st[S_RUN], st[S_XADIR], st[S_NTOP], st[S_SINCE] = n, run_len, xa_dir, kt, since
+    st[S_N], st[S_RUN], st[S_XADIR], st[S_NTOP] = n, run_len, xa_dir, kt
     if xs.shape[0] > 0:
         st[S_TLAST] = ts[xs.shape[0] - 1]

@@ -75,15 +75,6 @@ def test_compiled_loop_equals_plain_python() -> None:
     assert (flags_c != 0).any()
 
 
-def test_checkpoint_written_before_since_alarm_still_loads() -> None:
-    det = detectors.SeriesDetector()
-    det.score_batch(_times(500), _daily(500, 8))
-    state = json.loads(json.dumps(det.to_state()))
-    del state["scalars"]["since_alarm"]
-    restored = detectors.SeriesDetector.from_state(state)
-    assert restored.count == 500
-
-
 def test_checkpoint_round_trip_continues_identically() -> None:
     x = _daily(3000, 4)
     x[2200] -= 25.0
