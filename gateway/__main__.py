@@ -23,7 +23,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def main() -> None:
     cfg = worker.settings_or_exit()
     if cfg.workers <= 1:
-        worker.serve(reuse_port=False)
+        # SO_REUSEPORT even alone: a rolling restart starts the replacement on the same port
+        # before this process stops (services/supervisor.py).
+        worker.serve(reuse_port=True)
         return
     # Each worker writes its metrics under this directory; /metrics merges them.
     created = None

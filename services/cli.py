@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mt.add_argument("--reason", default="", help="shown to every refused caller (required for on)")
     mt.add_argument("--minutes", type=float, help="end by itself after this long (default 24 h)")
     mt.add_argument("--url", default="http://localhost:3000", help="the gateway")
+    rs = sub.add_parser("restart", help="rolling restart of a running `aiops run`, no gap")
+    rs.add_argument("names", nargs="*", help="feedback, telemetry, anomaly, remediation, gateway")
     detect = sub.add_parser("detect", help="score a timestamp,value CSV with the detector")
     detect.add_argument("input")
     detect.add_argument("output")
@@ -102,6 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         kit_logging.configure("supervisor", env.get("AIOPS_LOG_LEVEL", "INFO"))
         return supervisor.run(env, banner=not args.quiet)
+    if args.command == "restart":
+        from services import supervisor
+
+        state = kit_settings.default_state_dir(env)
+        try:
+            results = supervisor.request_restart(state, args.names)
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"aiops restart: {exc}", file=sys.stderr)
+            return 1
+        for name, result in results.items():
+            print(f"{name}\t{result}")
+        return 0 if all(r == "restarted" for r in results.values()) else 1
     if args.command == "token":
         print(mint(env, role=args.role, subject=args.subject or f"{args.role}-cli", ttl=args.ttl))
         return 0

@@ -3,7 +3,9 @@ idempotent methods."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -82,20 +84,98 @@ class _DefaultDeadline(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
         return await continuation(self._details(details), requests)
 
 
+# gRPC's message for a call that found no connection to send it on (pick_first while the
+# channel is in TRANSIENT_FAILURE): such a call never left this process.
+_NOT_SENT = "failed to connect to all addresses"
+_RESEND_ATTEMPTS = 3
+
+
+class _ResendUnsent(_UnaryUnary):
+    """Sends a unary call again when it failed without ever being sent, once the channel
+    is READY again, waiting at most `wait_seconds` (and never past the call's deadline).
+
+    During a rolling restart a reconnect can land on the old process's closing listener
+    and fail; without this, every call made before the next attempt (100 ms later) would
+    fail UNAVAILABLE although the replacement is already listening. A peer that is really
+    down still answers UNAVAILABLE, `wait_seconds` later.
+    """
+
+    def __init__(self, wait_seconds: float) -> None:
+        self._wait = wait_seconds
+        self.channel: grpc.aio.Channel | None = None
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        began = time.monotonic()
+        for attempt in range(1, _RESEND_ATTEMPTS + 1):
+            call = await continuation(details, request)
+            try:
+                await call
+            except grpc.aio.AioRpcError as err:
+                unsent = err.code() is grpc.StatusCode.UNAVAILABLE and (
+                    err.details() or ""
+                ).startswith(_NOT_SENT)
+                if not unsent or attempt == _RESEND_ATTEMPTS:
+                    return call
+                left = self._wait
+                if details.timeout is not None:
+                    left = details.timeout - (time.monotonic() - began) - _MARGIN_SECONDS
+                if not await self._reconnected(min(self._wait, left)):
+                    return call
+                details = grpc.aio.ClientCallDetails(
+                    details.method,
+                    None if details.timeout is None else left,
+                    details.metadata,
+                    details.credentials,
+                    details.wait_for_ready,
+                )
+                continue
+            return call
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reconnected(self, within: float) -> bool:
+        if self.channel is None or within <= 0:
+            return False
+        channel = self.channel
+        try:
+            async with asyncio.timeout(within):
+                state = channel.get_state(try_to_connect=True)
+                while state is not grpc.ChannelConnectivity.READY:
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            return False
+        return True
+
+
 def service_config(service: str, idempotent_methods: Sequence[str]) -> str:
-    """A gRPC service config that retries idempotent methods on UNAVAILABLE."""
-    config: dict[str, Any] = {"methodConfig": []}
+    """A gRPC service config with retries that never run a call twice by accident.
+
+    Every method is retried on CANCELLED: a peer answers it only to calls it never
+    started, caught in its own shutdown (calls it started finish within its grace period,
+    longer than the deadlines callers set), so a rolling restart surfaces no error.
+    Idempotent methods are also retried on UNAVAILABLE, which may come after the peer ran
+    the call. Calls that never left this process (a refused stream after GOAWAY) are
+    retried by gRPC itself.
+    """
+    policy = {
+        "maxAttempts": 3,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+    }
+    config: dict[str, Any] = {
+        "methodConfig": [
+            {
+                "name": [{"service": service}],
+                "retryPolicy": {**policy, "retryableStatusCodes": ["CANCELLED"]},
+            }
+        ]
+    }
     if idempotent_methods:
         config["methodConfig"].append(
             {
                 "name": [{"service": service, "method": m} for m in idempotent_methods],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
+                "retryPolicy": {**policy, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
             }
         )
     return json.dumps(config)
@@ -109,6 +189,7 @@ def open_channel(
     default_timeout_seconds: float = 5.0,
     max_message_bytes: int = 4 * 1024 * 1024,
     tls_settings: tls.TLSSettings | None = None,
+    reconnect_wait_seconds: float = 1.0,
 ) -> grpc.aio.Channel:
     """Opens a channel to `target` with tracing, default deadlines and retries: mutual TLS
     when `tls_settings` names a CA, else plaintext.
@@ -120,6 +201,7 @@ def open_channel(
         default_timeout_seconds: deadline given to calls that have none.
         max_message_bytes: send and receive size limit.
         tls_settings: this process's certificate and the CA of its peers.
+        reconnect_wait_seconds: how long a call that found no connection waits for one.
     """
     options = [
         ("grpc.service_config", service_config(service, idempotent_methods)),
@@ -127,17 +209,27 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
+        # A restarted peer is back within a second or two: find it soon after.
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
     # grpc-stubs leaves `ClientInterceptor` as a placeholder that callers must cast to.
     default_deadline = cast("grpc.aio.ClientInterceptor", _DefaultDeadline(default_timeout_seconds))
-    interceptors = [default_deadline, *tracing.client_interceptors()]
+    resend = _ResendUnsent(reconnect_wait_seconds)
+    interceptors = [
+        default_deadline,
+        cast("grpc.aio.ClientInterceptor", resend),
+        *tracing.client_interceptors(),
+    ]
+    channel: grpc.aio.Channel
     if tls_settings is not None and tls_settings.client_enabled:
-        return grpc.aio.secure_channel(
+        channel = grpc.aio.secure_channel(
             target,
             tls.channel_credentials(tls_settings),
             options=options,
             interceptors=interceptors,
         )
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    resend.channel = channel
+    return channel

@@ -66,6 +66,8 @@ class Readiness:
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
         self._failing: dict[str, bool] = {}
+        self.ready = asyncio.Event()
+        """Set the first time every check passed."""
 
     async def check_once(self) -> bool:
         results = await asyncio.gather(*(self._run(c) for c in self._checks))
@@ -73,6 +75,8 @@ class Readiness:
         status = SERVING if ok else NOT_SERVING
         for name in self._names:
             await self._servicer.set(name, status)
+        if ok:
+            self.ready.set()
         return ok
 
     async def _run(self, check: Check) -> bool:

@@ -110,6 +110,12 @@ async def call(what: str, op: Callable[[], Awaitable[T]], timeout: float = 5.0) 
         asyncpg.exceptions.ConnectionDoesNotExistError,
         asyncpg.exceptions.CannotConnectNowError,
         asyncpg.exceptions.InterfaceError,
+        # Postgres going away mid-operation: shut down by an operator, or killed while a
+        # pooled connection was busy (asyncpg then refuses it: "another operation is in
+        # progress"). Nothing was done; the pool replaces the connection.
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.InternalClientError,
     ) as exc:
         log.warning("postgres unavailable", extra={"op": what, "error": type(exc).__name__})
         raise errors.Unavailable(

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -74,6 +77,7 @@ async def grpc_server(
     domain = service_names[0].rsplit(".", 1)[0] if service_names else settings.service
     server = grpc.aio.server(
         interceptors=[
+            interceptors.StreamWriteInterceptor(),
             tracing.server_interceptor(),
             interceptors.ObserveInterceptor(),
             interceptors.ErrorInterceptor(domain),
@@ -81,7 +85,11 @@ async def grpc_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            # A replacement process binds the same port before the old one leaves (rolling
+            # restart, see services/supervisor.py); the kernel spreads new connections over
+            # both until the old one closes its listener.
+            ("grpc.so_reuseport", 1),
         ],
     )
     register(server)
@@ -108,10 +116,15 @@ async def grpc_server(
         settings.health_probe_interval_seconds,
     )
     running = Running(port, metrics_port, server, health_servicer, settings, readiness)
+    announce: asyncio.Task[None] | None = None
     try:
         await server.start()
         await health_servicer.set("", kit_health.SERVING)
         await readiness.start()
+        if settings.ready_file is not None:
+            announce = asyncio.create_task(
+                _announce_ready(readiness, settings.ready_file, port), name="announce-ready"
+            )
         log.info(
             "serving",
             extra={
@@ -122,10 +135,29 @@ async def grpc_server(
         )
         yield running
     finally:
+        if announce is not None:
+            announce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announce
         await readiness.stop()
         if not running.stopped.is_set():
             await server.stop(settings.shutdown_grace_seconds)
         await metrics_runner.cleanup()
+
+
+async def _announce_ready(readiness: kit_health.Readiness, path: Path, port: int) -> None:
+    """Writes `path` (atomically) once readiness first passes."""
+    await readiness.ready.wait()
+    body = json.dumps({"pid": os.getpid(), "port": port}).encode()
+    await asyncio.to_thread(_write_atomically, path, body)
+    log.info("ready", extra={"ready_file": str(path)})
+
+
+def _write_atomically(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(body)
+    partial.replace(path)
 
 
 def _metrics_host(host: str) -> str | None:
@@ -143,7 +175,9 @@ async def _start_metrics(settings: ServerSettings) -> web.AppRunner:
     app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, _metrics_host(settings.host), settings.metrics_port).start()
+    # Shared with a replacement process during a rolling restart, like the gRPC port.
+    site = web.TCPSite(runner, _metrics_host(settings.host), settings.metrics_port, reuse_port=True)
+    await site.start()
     return runner
 
 

@@ -164,6 +164,10 @@ class ServerSettings:
     health_probe_interval_seconds: float
     max_message_bytes: int
     tls: kit_tls.TLSSettings = field(default_factory=kit_tls.TLSSettings)
+    # Written once the server is SERVING: how a supervisor knows a replacement is ready.
+    ready_file: Path | None = None
+    # HTTP/2 streams (calls) one client connection may have open at once; more wait.
+    max_concurrent_streams: int = 256
 
 
 def read_server(r: Reader, service: str, grpc_port: int, metrics_port: int) -> ServerSettings:
@@ -183,6 +187,8 @@ def read_server(r: Reader, service: str, grpc_port: int, metrics_port: int) -> S
         ),
         max_message_bytes=r.int("AIOPS_GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, min=1024),
         tls=kit_tls.read(r),
+        ready_file=Path(f) if (f := r.optional_str("AIOPS_READY_FILE")) else None,
+        max_concurrent_streams=r.int("AIOPS_GRPC_MAX_CONCURRENT_STREAMS", 256, min=1, max=65536),
     )
 
 

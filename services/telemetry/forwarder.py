@@ -133,8 +133,17 @@ class Forwarder:
             try:
                 await self._session()
                 backoff = 0.1
-            except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
-                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "TIMEOUT"
+            # InvalidStateError: anomaly ended the stream (a restart) before our next write.
+            except (
+                grpc.aio.AioRpcError,
+                TimeoutError,
+                ConnectionError,
+                asyncio.InvalidStateError,
+            ) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    code = exc.code().name
+                else:
+                    code = "ENDED" if isinstance(exc, asyncio.InvalidStateError) else "TIMEOUT"
                 self._set_connected(False, code)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
