@@ -55,6 +55,8 @@ class GatewaySettings:
     redis_url: str = field(repr=False)
     maintenance_key: str
     maintenance_cache_seconds: float
+    header_timeout_seconds: float
+    body_timeout_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -106,6 +108,13 @@ class GatewaySettings:
             ),
             shutdown_timeout_seconds=r.float(
                 "AIOPS_GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 10.0, min=0, max=300
+            ),
+            # Slow clients (gateway/slowclient.py): time to send a request head, then its body.
+            header_timeout_seconds=r.float(
+                "AIOPS_GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0, min=0.05, max=300
+            ),
+            body_timeout_seconds=r.float(
+                "AIOPS_GATEWAY_BODY_TIMEOUT_SECONDS", 30.0, min=0.05, max=600
             ),
         )
 

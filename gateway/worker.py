@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from aiohttp import web
-
 from gateway.settings import GatewaySettings
 from services.kit import settings
 
@@ -22,7 +20,7 @@ def serve(reuse_port: bool) -> None:
     """Runs one gateway process until SIGTERM or SIGINT."""
     # Imported here so that a worker sees PROMETHEUS_MULTIPROC_DIR before prometheus-client
     # is first imported.
-    from gateway import app
+    from gateway import app, slowclient
     from services.kit import logging as kit_logging
     from services.kit import serve as kit_serve
     from services.kit import tls, tracing
@@ -30,13 +28,14 @@ def serve(reuse_port: bool) -> None:
     cfg = settings_or_exit()
     kit_logging.configure("gateway", cfg.log_level)
     tracing.configure("gateway", settings.environ())
-    web.run_app(
+    # web.run_app with a deadline on every request head and body (slow clients).
+    slowclient.run_app(
         app.create_app(cfg),
+        slowclient.Limits(cfg.header_timeout_seconds, cfg.body_timeout_seconds),
         host=cfg.host,
         port=cfg.port,
         shutdown_timeout=cfg.shutdown_timeout_seconds,
         access_log=None,
-        print=None,
         ssl_context=tls.server_ssl_context(cfg.https) if cfg.https.server_enabled else None,
         max_field_size=app.MAX_HEADER_BYTES,
         max_line_size=app.MAX_HEADER_BYTES,

@@ -133,6 +133,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    if request.method == "HEAD":  # headers only: a HEAD response never carries a body
+        return response
     hub = request.app[HUB]
     queue = hub.subscribe()
     hello = {

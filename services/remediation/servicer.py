@@ -275,9 +275,11 @@ class RemediationServicer(rem_grpc.RemediationServiceServicer):
         ):
             if len(value) > 253 or _CONTROL.search(value):
                 out.append(errors.FieldViolation(name, "must be at most 253 printable characters"))
+        tr = f.create_time_range
+        start = _seconds(tr, "start_time", out)
+        end = _seconds(tr, "end_time", out)
         if out:
             raise errors.invalid(out, "FILTER_INVALID")
-        tr = f.create_time_range
         flt = domain.Filter(
             state=state,
             action=f.action,
@@ -285,8 +287,8 @@ class RemediationServicer(rem_grpc.RemediationServiceServicer):
             target_namespace=f.target_namespace,
             target_name=f.target_name,
             anomaly=f.anomaly,
-            start_time=tr.start_time.ToNanoseconds() / 1e9 if tr.HasField("start_time") else None,
-            end_time=tr.end_time.ToNanoseconds() / 1e9 if tr.HasField("end_time") else None,
+            start_time=start,
+            end_time=end,
         )
         fingerprint = f.SerializeToString(deterministic=True).hex()[:64]
         cursor = _untoken(request.page_token, fingerprint)
@@ -396,3 +398,15 @@ def _suggestion(rank: int, s: remediator.Suggestion) -> rem.Suggestion:
         parameters=s.parameters,
         cooldown_remaining=protoconv.duration(s.cooldown_remaining),
     )
+
+
+def _seconds(time_range: Any, name: str, out: list[errors.FieldViolation]) -> float | None:
+    """A bound of the filter's time range in Unix seconds; an invalid Timestamp (nanos out
+    of range, before year 1 or after 9999) is a field violation, not an internal error."""
+    if not time_range.HasField(name):
+        return None
+    try:
+        return float(getattr(time_range, name).ToNanoseconds() / 1e9)
+    except ValueError:
+        out.append(errors.FieldViolation(f"filter.create_time_range.{name}", "is not a valid time"))
+        return None

@@ -3,6 +3,7 @@ its own Redis and Postgres, two gateway workers), once per test module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,6 +78,13 @@ class Suite:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    with start_suite(tmp_path_factory) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def start_suite(tmp_path_factory: pytest.TempPathFactory, **extra_env: str) -> Iterator[Suite]:
+    """`aiops run` on free ports with its own state; `extra_env` adds AIOPS_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOPS_")}
     env["AIOPS_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     env["AIOPS_GATEWAY_PORT"] = str(local_servers.free_port())
@@ -89,6 +97,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         env[f"AIOPS_{name.upper()}_METRICS_PORT"] = str(metrics_port)
         env[f"AIOPS_{name.upper()}_ADDR"] = f"127.0.0.1:{grpc_port}"
         env[f"AIOPS_{name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{metrics_port}"
+    env.update(extra_env)
     log = open(Path(env["AIOPS_STATE_DIR"]) / "suite.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "run"],
