@@ -35,6 +35,64 @@ HERE = Path(__file__).resolve().parent
 SERVER = ("gateway", "services.feedback", "redis-server")
 
 
+def _top_frames(raw: Path, limit: int = 25) -> list[tuple[float, str]]:
+    """The frames with the most samples of their own in a py-spy `raw` (collapsed) file."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:limit]
+    return [(100 * n / max(1, total), frame) for frame, n in ranked]
+
+
+def _profile(suite: Suite, token: str, seconds: float, out: Path) -> dict[str, Any]:
+    """POST at concurrency 64 while py-spy samples each server process: a flame graph (SVG)
+    and the collapsed stacks per process, plus a text summary of the top frames."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    duration = str(max(1, round(seconds)))
+    runs = []
+    # With several gateway workers this also samples the idle parent; its file stays small.
+    procs = [
+        (name, proc)
+        for name, pattern in (("gateway", "-m gateway"), ("feedback", "services.feedback"))
+        for proc in suite.processes(pattern)
+    ]
+    for name, proc in procs:
+        for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
+            path = out / f"{name}-{proc.pid}.{ext}"
+            argv = [spy, "record", "-r", "200", "-d", duration, "--nonblocking", "-f", fmt]
+            runs.append(
+                (
+                    name,
+                    path,
+                    subprocess.Popen(
+                        [*argv, "-o", str(path), "--pid", str(proc.pid)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    ),
+                )
+            )
+    time.sleep(0.5)
+    load = _wrk(suite, "POST", 64, seconds, token)
+    summary: dict[str, Any] = {"load": load, "top": {}}
+    lines = []
+    for _, path, run in runs:
+        run.wait(timeout=60)
+        if path.suffix == ".txt" and path.exists():
+            top = _top_frames(path)
+            summary["top"][path.stem] = top
+            lines.append(f"== {path.stem} (own samples, POST c=64 at {load['rps']:.0f} req/s)")
+            lines += [f"{share:5.1f}%  {frame}" for share, frame in top]
+    (out / "top-frames.txt").write_text("\n".join(lines) + "\n")
+    return summary
+
+
 def _wrk(suite: Suite, method: str, connections: int, seconds: float, token: str) -> dict[str, Any]:
     threads = max(1, min(2, connections))
     argv = [
@@ -49,14 +107,18 @@ def _wrk(suite: Suite, method: str, connections: int, seconds: float, token: str
         suite.base,
     ]
     env = {**os.environ, "BENCH_TOKEN": token, "BENCH_METHOD": method}
-    procs = suite.processes(*SERVER)
-    cpu0 = suite.cpu_seconds(procs)
+    groups = {name: suite.processes(name) for name in SERVER}
+    cpu0 = {name: suite.cpu_seconds(procs) for name, procs in groups.items()}
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-    cpu = suite.cpu_seconds(procs) - cpu0
+    cpu = {name: suite.cpu_seconds(procs) - cpu0[name] for name, procs in groups.items()}
     line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
     r: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["cpu_us_per_request"] = cpu / max(1, r["requests"]) * 1e6
+    r["cpu_us_per_request"] = sum(cpu.values()) / max(1, r["requests"]) * 1e6
+    # Per process: "gateway" (all its workers), "services.feedback", "redis-server".
+    r["cpu_us_per_request_by_process"] = {
+        name: used / max(1, r["requests"]) * 1e6 for name, used in cpu.items()
+    }
     r["errors"] += r.pop("non2xx")
     return r
 
@@ -116,14 +178,19 @@ async def _grpc_direct(suite: Suite, concurrency: int, seconds: float) -> dict[s
         )
     )
     latencies: list[float] = []
+    errors = 0
     async with grpc.aio.insecure_channel(suite.feedback_addr) as channel:
         stub = fb_grpc.FeedbackServiceStub(channel)
         end = time.perf_counter() + seconds
 
         async def worker() -> None:
+            nonlocal errors
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
-                await stub.SubmitFeedback(request, timeout=5)
+                try:
+                    await stub.SubmitFeedback(request, timeout=5)
+                except grpc.aio.AioRpcError:
+                    errors += 1  # counted, not fatal: the figure says how many
                 latencies.append(time.perf_counter() - t0)
 
         begin = time.perf_counter()
@@ -138,6 +205,7 @@ async def _grpc_direct(suite: Suite, concurrency: int, seconds: float) -> dict[s
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
         "cpu_us_per_request": cpu / len(latencies) * 1e6,
+        "errors": errors,
     }
 
 
@@ -146,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=2000.0, help="open-loop requests per second")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="also profile gateway and feedback with py-spy under POST c=64, into this folder",
+    )
+    ap.add_argument("--no-levers", action="store_true", help="skip the lever comparison")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench_feedback: wrk not found (Debian package `wrk`)", file=sys.stderr)
@@ -160,16 +234,20 @@ def main(argv: list[str] | None = None) -> int:
                 results["closed_loop"].append({"method": method, "concurrency": c, **r})
         results["open_loop"] = asyncio.run(_open_loop(suite, token, args.rate, args.seconds))
         results["grpc_direct"] = asyncio.run(_grpc_direct(suite, 64, args.seconds))
+        if args.profile:
+            results["profile"] = _profile(suite, token, args.seconds, args.profile)
     print("Feedback through the gateway (wrk closed loop)")
     print(
         f"{'method':6} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'errors':>7} {'cpu us/req':>10}"
+        f"{'max ms':>8} {'errors':>7} {'cpu us/req':>10}  (gateway / feedback / redis)"
     )
     for r in results["closed_loop"]:
+        per = r["cpu_us_per_request_by_process"]
         print(
             f"{r['method']:6} {r['concurrency']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} "
             f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} "
-            f"{r['cpu_us_per_request']:>10.0f}"
+            f"{r['cpu_us_per_request']:>10.0f}  ({per['gateway']:.0f} / "
+            f"{per['services.feedback']:.0f} / {per['redis-server']:.0f})"
         )
     o = results["open_loop"]
     print(
@@ -181,15 +259,20 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gRPC SubmitFeedback direct, concurrency 64 (Python client): {g['rps']:.0f} req/s, "
         f"p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms, "
-        f"server cpu {g['cpu_us_per_request']:.0f} us/req"
+        f"server cpu {g['cpu_us_per_request']:.0f} us/req, errors {g['errors']}"
     )
+    if args.profile:
+        print(f"profiles (SVG flame graphs, collapsed stacks, top frames): {args.profile}")
     # The levers, each against the default in the same run: POST at concurrency 64.
     results["levers"] = []
-    for label, extra in (
+    levers: tuple[tuple[str, dict[str, str]], ...] = (
         ("default (1 worker, coalescing)", {}),
         ("2 gateway workers", {"AIOPS_GATEWAY_WORKERS": "2"}),
         ("no coalescing", {"AIOPS_GATEWAY_COALESCE": "false"}),
-    ):
+        ("every request traced", {"AIOPS_TRACE_SAMPLE_RATIO": "1"}),
+        ("access log on (INFO)", {"AIOPS_LOG_LEVEL": "INFO"}),
+    )
+    for label, extra in () if args.no_levers else levers:
         with Suite(**extra) as suite:
             token = suite.token("operator")
             _wrk(suite, "POST", 16, 2, token)
@@ -198,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     print("POST at concurrency 64, each lever against the default in the same run")
     for r in results["levers"]:
+        per = r["cpu_us_per_request_by_process"]
         print(
             f"  {r['config']:32} {r['rps']:>7.0f} req/s  p99 {r['p99_ms']:>7.2f} ms  "
-            f"cpu {r['cpu_us_per_request']:>5.0f} us/req  errors {r['errors']}"
+            f"cpu {r['cpu_us_per_request']:>5.0f} us/req ({per['gateway']:.0f} / "
+            f"{per['services.feedback']:.0f} / {per['redis-server']:.0f})  errors {r['errors']}"
         )
     print("BENCH_JSON " + json.dumps(results))
     if args.json:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -79,59 +80,80 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # 32 hex digits like uuid4().hex, without a UUID object and a getrandom call per
+    # request: the id only correlates lines, it guards nothing.
+    return given if _REQUEST_ID.fullmatch(given) else f"{random.getrandbits(128):032x}"
+
+
+# Probes and scrapes: no span and no access line.
+_QUIET_PATHS = frozenset({"/health", "/metrics", "/metrics/aiops"})
 
 
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, access log, metrics, gzip, and the error envelope for everything."""
+    """The one middleware: the request's SERVER span, request id, access log, metrics, gzip,
+    and the error envelope for everything (one layer instead of one per concern: each
+    aiohttp middleware costs a wrapper call per request)."""
     request_id = _request_id(request)
     request[REQUEST_ID_KEY] = request_id
     begin = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    quiet = route in _QUIET_PATHS
+    span = None if quiet else tracing.HttpSpan(request, route)
     try:
-        response = await handler(request)
-    except kit_errors.AiopsError as exc:
-        response = errors.from_error(exc, request_id)
-    except web.HTTPException as exc:
-        response = _http_exception(exc, request_id)
+        try:
+            response = await handler(request)
+        except kit_errors.AiopsError as exc:
+            response = errors.from_error(exc, request_id)
+        except web.HTTPException as exc:
+            response = _http_exception(exc, request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in request", extra={"request_id": request_id})
+            response = errors.from_error(
+                kit_errors.AiopsError("INTERNAL", "internal error"), request_id
+            )
+        response.headers["X-Request-Id"] = request_id
+        if (
+            isinstance(response, web.Response)
+            and response.body is not None
+            and len(response.body) > 1024  # type: ignore[arg-type]
+            and "gzip" in request.headers.get("Accept-Encoding", "")
+        ):
+            response.enable_compression(web.ContentCoding.gzip)
+        elapsed = time.perf_counter() - begin
+        template = request.get(ROUTE_KEY) or route
+        metrics.observe(template, request.method, response.status, elapsed)
+        level = logging.ERROR if response.status >= 500 else logging.INFO
+        if not quiet and access_log.isEnabledFor(level):
+            access_log.log(
+                level,
+                "http",
+                extra={
+                    "method": request.method,
+                    "route": template,
+                    "status": response.status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": request_id,
+                    "remote": request.remote,
+                },
+            )
     except asyncio.CancelledError:
+        if span is not None:
+            span.end(499)  # the client went away
         raise
-    except Exception:
-        log.exception("unhandled error in request", extra={"request_id": request_id})
-        response = errors.from_error(
-            kit_errors.AiopsError("INTERNAL", "internal error"), request_id
-        )
-    response.headers["X-Request-Id"] = request_id
-    if (
-        isinstance(response, web.Response)
-        and response.body is not None
-        and len(response.body) > 1024  # type: ignore[arg-type]
-        and "gzip" in request.headers.get("Accept-Encoding", "")
-    ):
-        response.enable_compression(web.ContentCoding.gzip)
-    elapsed = time.perf_counter() - begin
-    template = request.get(ROUTE_KEY) or _template(request)
-    metrics.REQUESTS.labels(template, request.method, str(response.status)).inc()
-    metrics.LATENCY.labels(template, request.method).observe(elapsed)
-    if template not in ("/metrics", "/health"):
-        access_log.log(
-            logging.ERROR if response.status >= 500 else logging.INFO,
-            "http",
-            extra={
-                "method": request.method,
-                "route": template,
-                "status": response.status,
-                "duration_ms": round(elapsed * 1000, 3),
-                "request_id": request_id,
-                "remote": request.remote,
-            },
-        )
+    except BaseException as exc:
+        if span is not None:
+            span.end(500, exc)
+        raise
+    if span is not None:
+        span.end(response.status)
     return response
 
 
-def _template(request: web.Request) -> str:
-    info = request.match_info.route.resource
-    return info.canonical if info is not None else "unmatched"
+envelope.aiops_tracing = True  # type: ignore[attr-defined]
 
 
 def _http_exception(exc: web.HTTPException, request_id: str) -> web.Response:
@@ -160,7 +182,7 @@ def _http_exception(exc: web.HTTPException, request_id: str) -> web.Response:
 
 
 async def _authorize(request: web.Request, role: str) -> auth.Principal:
-    if any(name in request.query for name in _TOKEN_QUERY):
+    if request.query_string and any(name in request.query for name in _TOKEN_QUERY):
         raise kit_errors.Unauthenticated(
             "TOKEN_IN_QUERY", "Send the token in the Authorization header, never in the URL."
         )
@@ -177,36 +199,47 @@ async def _authorize(request: web.Request, role: str) -> auth.Principal:
     return principal
 
 
+@functools.lru_cache(maxsize=4096)
+def _identity(principal: auth.Principal) -> tuple[tuple[str, str], ...]:
+    """The call metadata naming a caller (verified principals are cached objects, so this
+    is computed once per token, not per request)."""
+    return (
+        ("x-aiops-subject", principal.subject),
+        ("x-aiops-roles", ",".join(sorted(principal.roles))),
+    )
+
+
 def _rpc_handler(route: routes.Route) -> Handler:
+    known = route.known_query()
+    mutating = route.method in _MUTATING
+
     async def handle(request: web.Request) -> web.StreamResponse:
         request[ROUTE_KEY] = route.path
         principal = await _authorize(request, route.role) if route.role else None
-        if request.method in _MUTATING:
-            state = await request.app[MAINTENANCE].current()
+        app = request.app
+        if mutating:
+            state = await app[MAINTENANCE].current()
             if state.enabled:
-                raise request.app[MAINTENANCE].refusal(state)
-        translate.check_known(request.query, route.known_query())
+                raise app[MAINTENANCE].refusal(state)
+        query = request.query
+        if request.query_string:
+            translate.check_known(query, known)
         body = await request.read() if route.body is not None else b""
-        message = route.build(request.query, request.match_info, body, request.headers)
-        settings = request.app[SETTINGS]
-        metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
-        if principal is not None:
-            metadata += [
-                ("x-aiops-subject", principal.subject),
-                ("x-aiops-roles", ",".join(sorted(principal.roles))),
-            ]
-        stub = request.app[STUBS][route.backend]
-        coalescer = request.app[COALESCERS].get((route.method, route.path))
+        message = route.build(query, request.match_info, body, request.headers)
+        identity = _identity(principal) if principal is not None else ()
+        coalescer = app[COALESCERS].get((route.method, route.path))
         try:
             if coalescer is not None:
                 # Same caller, same batch: the request id stays in our access log only.
-                outcome = await coalescer.submit(message, tuple(metadata[1:]))
+                outcome = await coalescer.submit(message, identity)
                 if isinstance(outcome, status_pb2.Status):
                     return errors.response(outcome, request[REQUEST_ID_KEY])
                 reply = outcome
             else:
-                reply = await getattr(stub, route.rpc)(
-                    message, timeout=settings.request_timeout_seconds, metadata=metadata
+                reply = await getattr(app[STUBS][route.backend], route.rpc)(
+                    message,
+                    timeout=app[SETTINGS].request_timeout_seconds,
+                    metadata=(("x-request-id", request[REQUEST_ID_KEY]), *identity),
                 )
         except grpc.aio.AioRpcError as err:
             return errors.response(
@@ -288,7 +321,7 @@ async def openapi_doc(request: web.Request) -> web.Response:
 def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -> web.Application:
     """Builds the application; channels, keys and the HTTP client open in `cleanup_ctx`."""
     app = web.Application(
-        middlewares=[tracing.aiohttp_middleware(), envelope],
+        middlewares=[envelope],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -335,7 +368,8 @@ def create_app(settings: GatewaySettings, ring: keyring.Keyring | None = None) -
         )
         source: Any
         if settings.jwks_url:
-            source = auth.RemoteJwksKeySource(settings.jwks_url, lambda: app[HTTP])
+            # A session per fetch: the source closes it afterwards, so never app[HTTP].
+            source = auth.RemoteJwksKeySource(settings.jwks_url, aiohttp.ClientSession)
         else:
             source = auth.KeyringKeySource(app[KEYRING])
         app[VERIFIER] = auth.Verifier(

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import aiohttp
 from prometheus_client import (
@@ -34,6 +35,25 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe(route: str, method: str, status: int, seconds: float) -> None:
+    """Counts one answered request and its duration; the labelled children are looked up
+    once per (route, method, status) rather than on every request."""
+    key = (route, method, status)
+    pair = _children.get(key)
+    if pair is None:
+        # Route templates and methods are bounded by the route table (unmatched paths are
+        # one template), so this stays small.
+        pair = _children[key] = (
+            REQUESTS.labels(route, method, str(status)),
+            LATENCY.labels(route, method),
+        )
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 def _escape(value: str) -> str:

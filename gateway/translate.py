@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
+from gateway import protojson
 from services.kit import errors
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def parse_body(raw: bytes, message: M, root: str = "body") -> M:
     if not isinstance(data, dict):
         raise _violation(root, "must be a JSON object")
     try:
-        json_format.ParseDict(data, message, ignore_unknown_fields=False, max_recursion_depth=32)
+        protojson.parse(data, message)
     except (json_format.ParseError, RecursionError, TypeError, ValueError) as exc:
         field, description = _describe(str(exc))
         raise _violation(field, description) from None
@@ -63,7 +64,7 @@ def _describe(text: str) -> tuple[str, str]:
 
 def to_json(message: Message) -> dict[str, Any]:
     """The proto3 JSON mapping: lowerCamelCase names, enum names, int64 as strings."""
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=False)
+    return protojson.to_dict(message)
 
 
 def query_int(query: Mapping[str, str], name: str, default: int = 0) -> int:
@@ -118,7 +119,10 @@ def query_time(query: Mapping[str, str], name: str, out: timestamp_pb2.Timestamp
         raise _violation(name, "must be an RFC 3339 time", "QUERY_INVALID") from None
     if parsed.tzinfo is None:
         raise _violation(name, "must include a time zone offset", "QUERY_INVALID")
-    out.FromDatetime(parsed.astimezone(dt.UTC))
+    try:
+        out.FromDatetime(parsed.astimezone(dt.UTC))
+    except (OverflowError, ValueError):  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise _violation(name, "must be a time from year 1 to 9999", "QUERY_INVALID") from None
     return True
 
 

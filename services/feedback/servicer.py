@@ -100,7 +100,7 @@ class FeedbackServicer(fb_grpc.FeedbackServiceServicer):
                 entry.error_message = status.message
                 entry.error_status = status.SerializeToString()
             else:
-                entry.response.CopyFrom(_submitted(outcome))
+                _submitted(outcome, entry.response)
         return response
 
     async def GetFeedback(
@@ -131,6 +131,9 @@ class FeedbackServicer(fb_grpc.FeedbackServiceServicer):
         return fb_svc.GetFeedbackStatsResponse(groups=[_counts(g) for g in groups])
 
 
+_counters: dict[tuple[str, str], Any] = {}
+
+
 def _count(verdict: domain.Verdict | None, outcome: domain.Stored | errors.AiopsError) -> None:
     if isinstance(outcome, domain.Stored):
         result = "replayed" if outcome.replayed else "stored"
@@ -140,13 +143,20 @@ def _count(verdict: domain.Verdict | None, outcome: domain.Stored | errors.Aiops
         result = "invalid"
     else:
         result = "error"
-    FEEDBACK_TOTAL.labels(verdict.value if verdict else "unknown", result).inc()
+    key = (verdict.value if verdict else "unknown", result)
+    counter = _counters.get(key)
+    if counter is None:  # a handful of label pairs: resolved once each
+        counter = _counters[key] = FEEDBACK_TOTAL.labels(*key)
+    counter.inc()
 
 
-def _submitted(stored: domain.Stored) -> fb_svc.SubmitFeedbackResponse:
-    return fb_svc.SubmitFeedbackResponse(
-        feedback=to_proto(stored.feedback), replayed=stored.replayed
-    )
+def _submitted(
+    stored: domain.Stored, out: fb_svc.SubmitFeedbackResponse | None = None
+) -> fb_svc.SubmitFeedbackResponse:
+    out = fb_svc.SubmitFeedbackResponse() if out is None else out
+    _fill(out.feedback, stored.feedback)
+    out.replayed = stored.replayed
+    return out
 
 
 def _author(context: Context) -> str:
@@ -206,21 +216,27 @@ def _filter(msg: Any) -> domain.Filter:
 
 
 def to_proto(item: domain.Feedback) -> fb.Feedback:
-    return fb.Feedback(
-        name=f"feedback/{item.id}",
-        target=fb.Target(kind=_KIND_PB[item.target_kind], id=item.target_id),
-        verdict=_VERDICT_PB[item.verdict],
-        rating=item.rating,
-        comment=item.comment,
-        series=item.series,
-        detector=item.detector,
-        action=item.action,
-        signature=item.signature,
-        labels=dict(item.labels),
-        author=item.author,
-        create_time=protoconv.timestamp(item.create_time),
-        expire_time=protoconv.timestamp(item.expire_time),
-    )
+    return _fill(fb.Feedback(), item)
+
+
+def _fill(out: fb.Feedback, item: domain.Feedback) -> fb.Feedback:
+    """Writes `item` into `out` in place (no intermediate messages to copy)."""
+    out.name = f"feedback/{item.id}"
+    out.target.kind = _KIND_PB[item.target_kind]
+    out.target.id = item.target_id
+    out.verdict = _VERDICT_PB[item.verdict]
+    out.rating = item.rating
+    out.comment = item.comment
+    out.series = item.series
+    out.detector = item.detector
+    out.action = item.action
+    out.signature = item.signature
+    if item.labels:
+        out.labels.update(item.labels)
+    out.author = item.author
+    out.create_time.FromNanoseconds(round(item.create_time * 1e9))
+    out.expire_time.FromNanoseconds(round(item.expire_time * 1e9))
+    return out
 
 
 def _counts(g: domain.GroupCounts) -> fb.VerdictCounts:

@@ -196,31 +196,29 @@ class RedisFeedbackStore:
     def _put_args(
         self, item: domain.Feedback, idem: str, ttl_ms: int
     ) -> tuple[list[str], list[str | int]]:
+        p = self._p
         member = self._member(item)
-        group = item.group()
-        expire_ms = int(item.expire_time * 1000)
+        group_key, group_json = _group(item.group())
+        kind, verdict = item.target_kind.value, item.verdict.value
         keys = [
-            self._item(item.id),
-            f"{self._p}exp",
-            *self._index_keys(item),
-            f"{self._p}grp:{group.key()}:{item.verdict.value}",
-            f"{self._p}groups",
+            f"{p}item:{item.id}",
+            f"{p}exp",
+            f"{p}idx:all",
+            f"{p}idx:kind:{kind}",
+            f"{p}idx:target:{kind}:{item.target_id}",
+            f"{p}idx:verdict:{verdict}",
+            f"{p}grp:{group_key}:{verdict}",
+            f"{p}groups",
         ]
         if idem:
-            keys.append(f"{self._p}idem:{idem}")
-        exp_member = (
-            f"{member}|{item.target_kind.value}|{item.verdict.value}|{group.key()}|{item.target_id}"
-        )
-        group_json = json.dumps(
-            [group.target_kind.value, group.series, group.detector, group.action, group.signature]
-        )
+            keys.append(f"{p}idem:{idem}")
         args: list[str | int] = [
             _encode(item),
             ttl_ms,
             member,
-            expire_ms,
-            exp_member,
-            group.key(),
+            int(item.expire_time * 1000),
+            f"{member}|{kind}|{verdict}|{group_key}|{item.target_id}",
+            group_key,
             group_json,
             item.id,
         ]
@@ -381,6 +379,15 @@ class RedisFeedbackStore:
 
 def _glob(prefix: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]\\" else c for c in prefix)
+
+
+@functools.lru_cache(maxsize=4096)
+def _group(group: domain.Group) -> tuple[str, str]:
+    """A group's storage key and JSON (hashing is the costly part, and a few groups take
+    most of the writes)."""
+    return group.key(), json.dumps(
+        [group.target_kind.value, group.series, group.detector, group.action, group.signature]
+    )
 
 
 def _encode(item: domain.Feedback) -> str:

@@ -47,6 +47,9 @@ else:
 Wrapper = Callable[[Behavior, str, bool, bool], Behavior]
 
 _QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
+# Unknown methods are not cached (their handler is None), so this only bounds a server
+# with very many services.
+_MAX_CACHED_METHODS = 1024
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -93,6 +96,12 @@ def _rewrap(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Han
 
 
 class _WrappingInterceptor(_ServerInterceptor):
+    def __init__(self) -> None:
+        # method -> (the handler we were given, our wrapped copy). The servicer's handler of
+        # a method is the same object on every call, so wrapping (and the metric children it
+        # resolves) is done once per method rather than once per RPC.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
@@ -102,12 +111,50 @@ class _WrappingInterceptor(_ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        return _rewrap(
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _rewrap(
             handler, lambda behavior, streaming: self.wrap(behavior, method, handler, streaming)
         )
+        if len(self._wrapped) < _MAX_CACHED_METHODS:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
         raise NotImplementedError
+
+
+class StreamWriteInterceptor(_WrappingInterceptor):
+    """Put first (outermost): serves response streams through `context.write` from one
+    coroutine, and always closes the interceptors' async generators in the RPC's own task.
+
+    grpc.aio iterates an async-generator handler but never closes it: when the client
+    cancels while the handler is suspended at `yield` (grpc is sending), the generator is
+    left open, and the event loop's finaliser later closes it in another task, after the
+    RPC is torn down. OpenTelemetry then fails to detach its context there, and anything
+    touching the servicer context (`peer()` in the access log) called into a freed core
+    call and crashed the process with SIGSEGV (the ScorePoints benchmark, cancelled
+    streams). A coroutine handler gets the cancellation at `context.write`, so the chain
+    is closed while the call still exists."""
+
+    def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
+        if not streaming:
+            return behavior
+
+        async def write_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            responses = behavior(request, context)
+            if not hasattr(responses, "__aiter__"):
+                for item in responses:
+                    await context.write(item)
+                return
+            try:
+                async for item in responses:
+                    await context.write(item)
+            finally:
+                await responses.aclose()
+
+        return write_stream
 
 
 class ErrorInterceptor(_WrappingInterceptor):
@@ -115,6 +162,7 @@ class ErrorInterceptor(_WrappingInterceptor):
     and any other exception into INTERNAL with the message `internal error`."""
 
     def __init__(self, domain: str) -> None:
+        super().__init__()
         self._domain = domain
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -162,14 +210,20 @@ class ObserveInterceptor(_WrappingInterceptor):
         quiet = service.startswith(_QUIET_SERVICES)
         started = STARTED.labels(service, name, kind)
         handling = HANDLING.labels(service, name, kind)
+        handled: dict[str, Any] = {}
 
         def finish(context: grpc.aio.ServicerContext[Any, Any], begin: float, code: str) -> None:
             elapsed = time.perf_counter() - begin
             handling.observe(elapsed)
-            HANDLED.labels(service, name, kind, code).inc()
+            counter = handled.get(code)
+            if counter is None:
+                counter = handled[code] = HANDLED.labels(service, name, kind, code)
+            counter.inc()
             if quiet:
                 return
             level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
+            if not access_log.isEnabledFor(level):
+                return
             access_log.log(
                 level,
                 "rpc",
@@ -190,7 +244,8 @@ class ObserveInterceptor(_WrappingInterceptor):
                 try:
                     async for item in behavior(request, context):
                         yield item
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, GeneratorExit):
+                    # GeneratorExit: closed early, the client went away (not a server fault).
                     code = "CANCELLED"
                     raise
                 except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -18,6 +19,13 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _second(second: int) -> str:
+    """RFC 3339 UTC up to the seconds; lines of one second share it (an access line per
+    request made the datetime formatting show up in profiles)."""
+    return dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 class JsonFormatter(logging.Formatter):
     """Formats records as JSON with `ts`, `level`, `logger`, `message`, `service`,
     `trace_id`/`span_id` (when a span is active) and the record's own fields."""
@@ -27,10 +35,10 @@ class JsonFormatter(logging.Formatter):
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        second, micros = divmod(round(record.created * 1e6), 1_000_000)
+        millis = micros // 1000
         out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": f"{_second(second)}.{millis:03d}+00:00",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -55,6 +63,12 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The JSON lines carry no source location, thread or process, so the logging module
+    # need not look them up for every record (its documented switches for this).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Libraries that log every request or connection at INFO would drown our access log.
     for noisy in ("aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
