@@ -132,11 +132,11 @@ class StreamWriteInterceptor(_WrappingInterceptor):
     grpc.aio iterates an async-generator handler but never closes it: when the client
     cancels while the handler is suspended at `yield` (grpc is sending), the generator is
     left open, and the event loop's finaliser later closes it in another task, after the
-    RPC is torn down. OpenTelemetry then fails to detach its context there, and anything
-    touching the servicer context (`peer()` in the access log) called into a freed core
-    call and crashed the process with SIGSEGV (the ScorePoints benchmark, cancelled
-    streams). A coroutine handler gets the cancellation at `context.write`, so the chain
-    is closed while the call still exists."""
+    RPC ended. OpenTelemetry then fails to detach its context there (an ERROR log line per
+    cancelled stream), and the access log's `context.peer()` ran on a cancelled call and
+    crashed the process with SIGSEGV (ScorePoints benchmark; `observe` now reads the peer
+    at the start). A coroutine handler gets the cancellation at `context.write`, so the
+    whole chain is closed in the RPC's task, in its context, before the RPC ends."""
 
     def wrap(self, behavior: Behavior, method: str, handler: Handler, streaming: bool) -> Behavior:
         if not streaming:
@@ -212,7 +212,14 @@ class ObserveInterceptor(_WrappingInterceptor):
         handling = HANDLING.labels(service, name, kind)
         handled: dict[str, Any] = {}
 
-        def finish(context: grpc.aio.ServicerContext[Any, Any], begin: float, code: str) -> None:
+        def peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+            # Read when the RPC starts: once the client has cancelled, the core call behind
+            # `context.peer()` may be gone, and reading it crashed the process (SIGSEGV).
+            if quiet or not access_log.isEnabledFor(logging.INFO):
+                return ""
+            return context.peer()
+
+        def finish(caller: str, begin: float, code: str) -> None:
             elapsed = time.perf_counter() - begin
             handling.observe(elapsed)
             counter = handled.get(code)
@@ -231,7 +238,7 @@ class ObserveInterceptor(_WrappingInterceptor):
                     "method": method,
                     "code": code,
                     "duration_ms": round(elapsed * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": caller,
                 },
             )
 
@@ -240,6 +247,7 @@ class ObserveInterceptor(_WrappingInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started.inc()
                 begin = time.perf_counter()
+                caller = peer(context)
                 code = "OK"
                 try:
                     async for item in behavior(request, context):
@@ -252,13 +260,14 @@ class ObserveInterceptor(_WrappingInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 finally:
-                    finish(context, begin, code if code != "OK" else _code_name(context, "OK"))
+                    finish(caller, begin, code if code != "OK" else _code_name(context, "OK"))
 
             return stream
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started.inc()
             begin = time.perf_counter()
+            caller = peer(context)
             code = "OK"
             try:
                 return await behavior(request, context)
@@ -269,7 +278,7 @@ class ObserveInterceptor(_WrappingInterceptor):
                 code = _code_name(context, "UNKNOWN")
                 raise
             finally:
-                finish(context, begin, code if code != "OK" else _code_name(context, "OK"))
+                finish(caller, begin, code if code != "OK" else _code_name(context, "OK"))
 
         return unary
 
