@@ -30,6 +30,20 @@ _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.\-]*")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def check_text_filter(field_name: str, text: str) -> None:
+    """Refuses a text filter that cannot match a stored key: longer than MAX_SERIES_KEY or
+    with a control character (a NUL cannot even be sent to Postgres as text)."""
+    if len(text) > MAX_SERIES_KEY:
+        raise errors.invalid(
+            [errors.FieldViolation(field_name, "must be at most 1024 characters")],
+            "FILTER_INVALID",
+        )
+    if _CONTROL_CHARS.search(text):
+        raise errors.invalid(
+            [errors.FieldViolation(field_name, "must be printable text")], "FILTER_INVALID"
+        )
+
+
 def series_key_ok(key: str) -> bool:
     """A series key that can be stored: 1 to MAX_SERIES_KEY characters, none a control
     character (a NUL cannot be stored as Postgres text; found by tests/fuzz)."""
@@ -260,18 +274,8 @@ class AnomalyBook:
         return item
 
     async def list(self, flt: AnomalyFilter, requested: int, token: str) -> Page:
-        if len(flt.series) > MAX_SERIES_KEY:
-            raise errors.invalid(
-                [errors.FieldViolation("filter.series", "must be at most 1024 characters")],
-                "FILTER_INVALID",
-            )
-        # A NUL would reach Postgres as text and fail there (found by tests/fuzz).
-        for field_name, text in (("filter.series", flt.series), ("filter.detector", flt.detector)):
-            if _CONTROL_CHARS.search(text) or len(text) > MAX_SERIES_KEY:
-                raise errors.invalid(
-                    [errors.FieldViolation(field_name, "must be printable text")],
-                    "FILTER_INVALID",
-                )
+        check_text_filter("filter.series", flt.series)
+        check_text_filter("filter.detector", flt.detector)
         if (
             flt.start_after is not None
             and flt.start_before is not None

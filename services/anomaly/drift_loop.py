@@ -107,11 +107,7 @@ class DriftTracker:
     async def status(
         self, state: drift.DriftState | None, series: str, requested: int, token: str
     ) -> domain.Page:
-        if len(series) > domain.MAX_SERIES_KEY:
-            raise errors.invalid(
-                [errors.FieldViolation("series", "must be at most 1024 characters")],
-                "FILTER_INVALID",
-            )
+        domain.check_text_filter("series", series)
         size = paging.page_size(requested)
         fp = f"{state.value if state else ''}\x1f{series}"
         raw = domain.decode_token(token, fp)
