@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 T = TypeVar("T")
@@ -49,3 +50,14 @@ def field_violations(err: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             fields += [v.field for v in bad.field_violations]
     return fields
+
+
+async def assert_serving(channel: grpc.aio.Channel, service: str) -> None:
+    """One health check of `service` over `channel`: SERVING, or an AssertionError."""
+    try:
+        r = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=1
+        )
+    except grpc.aio.AioRpcError as err:
+        raise AssertionError(err.code()) from err
+    assert r.status == health_pb2.HealthCheckResponse.SERVING

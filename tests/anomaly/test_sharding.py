@@ -17,7 +17,6 @@ import numpy as np
 from aiops.anomaly.v1 import anomaly_pb2 as an
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.anomaly import detectors, sharding
 from tests import helpers
@@ -87,19 +86,9 @@ async def test_two_replicas_split_series_and_a_killed_one_resumes_from_checkpoin
             grpc.aio.insecure_channel(f"127.0.0.1:{port_a}") as cha,
             grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as chb,
         ):
-            health = health_pb2_grpc.HealthStub(cha)
-
-            async def serving() -> None:
-                try:
-                    r = await health.Check(
-                        health_pb2.HealthCheckRequest(service="aiops.anomaly.v1.AnomalyService"),
-                        timeout=1,
-                    )
-                except grpc.aio.AioRpcError as err:
-                    raise AssertionError(err.code()) from err
-                assert r.status == health_pb2.HealthCheckResponse.SERVING
-
-            await helpers.eventually(serving, timeout=90)
+            await helpers.eventually(
+                lambda: helpers.assert_serving(cha, "aiops.anomaly.v1.AnomalyService"), timeout=90
+            )
             stubs = {"a": an_grpc.AnomalyServiceStub(cha), "b": an_grpc.AnomalyServiceStub(chb)}
             # Each replica scores its own series and turns the others' away.
             for r in ("a", "b"):

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.kit import local_servers
 from tests import helpers
@@ -122,18 +121,10 @@ async def test_server_survives_clients_cancelling_score_streams(
         )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
 
             async def serving() -> None:
                 assert proc.returncode is None, f"server exited with {proc.returncode}"
-                try:
-                    r = await health.Check(
-                        health_pb2.HealthCheckRequest(service="aiops.anomaly.v1.AnomalyService"),
-                        timeout=1,
-                    )
-                except grpc.aio.AioRpcError as err:
-                    raise AssertionError(err.code()) from err
-                assert r.status == health_pb2.HealthCheckResponse.SERVING
+                await helpers.assert_serving(channel, "aiops.anomaly.v1.AnomalyService")
 
             await helpers.eventually(serving, timeout=60)
             streams = await _churn(port, proc)
