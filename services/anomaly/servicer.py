@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -60,10 +60,15 @@ _ANOMALOUS = POINTS_TOTAL.labels("anomalous")
 _NO_LABELS: Mapping[str, str] = {}
 
 
-def _count_rejections(
-    response: an_svc.ScorePointsResponse, rejections: Mapping[domain.Reject, int]
-) -> int:
-    """Sets rejected_count and rejections of a response; returns the count."""
+def _finish(
+    response: an_svc.ScorePointsResponse,
+    points: int,
+    anomalous: int,
+    rejections: Mapping[domain.Reject, int],
+    opened: Sequence[str],
+) -> an_svc.ScorePointsResponse:
+    """Sets the rejection counts and opened anomalies of a response and counts the batch in
+    the metrics; one place for both request forms."""
     rejected = 0
     for reason, count in sorted(rejections.items(), key=lambda kv: _REJECT_PB[kv[0]]):
         if count:
@@ -71,7 +76,13 @@ def _count_rejections(
             POINTS_TOTAL.labels(reason.value).inc(count)
             rejected += count
     response.rejected_count = rejected
-    return rejected
+    _SCORED.inc(points - rejected)
+    if anomalous:
+        _ANOMALOUS.inc(anomalous)
+    response.opened_anomalies.extend(opened)
+    if opened:
+        EVENTS_OPENED.inc(len(opened))
+    return response
 
 
 def subject(context: Context) -> str:
@@ -244,14 +255,7 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
                             index=d.index, anomalous=d.anomalous, signals=names(d.flags),
                             threshold=d.threshold, anomaly=d.anomaly,
                         )  # fmt: skip
-        rejected = _count_rejections(response, done.rejections)
-        _SCORED.inc(points - rejected)
-        if anomalous:
-            _ANOMALOUS.inc(anomalous)
-        response.opened_anomalies.extend(done.opened)
-        if done.opened:
-            EVENTS_OPENED.inc(len(done.opened))
-        return response
+        return _finish(response, points, anomalous, done.rejections, done.opened)
 
     @staticmethod
     def _score_response(batch_id: str, result: scoring.BatchResult) -> an_svc.ScorePointsResponse:
@@ -281,14 +285,7 @@ class AnomalyServicer(an_grpc.AnomalyServiceServicer):
             else:
                 out.append(point(score=score, threshold=thr))
         response.scores.extend(out)
-        rejected = _count_rejections(response, result.rejections)
-        _SCORED.inc(len(result.scores) - rejected)
-        if anomalous:
-            _ANOMALOUS.inc(anomalous)
-        response.opened_anomalies.extend(result.opened)
-        if result.opened:
-            EVENTS_OPENED.inc(len(result.opened))
-        return response
+        return _finish(response, len(result.scores), anomalous, result.rejections, result.opened)
 
     async def ListAnomalies(
         self, request: an_svc.ListAnomaliesRequest, context: Context
