@@ -8,13 +8,15 @@ Every combination of:
 - scoring workers: 0 (inline on the event loop, in slices) or N (a process pool);
 - detector: `real` (services/anomaly/detectors.py as it is) or `stub` (a stand-in
   compiled kernel of a few ns per point, bench/stub_detector.py: the ceiling of
-  everything else on the path).
+  everything else on the path);
+- replicas: 1, or N anomaly replicas sharing the series by the consistent-hash ring (as
+  deployed to scale out), each stream sending the series one replica owns to it.
 
 The client sends pre-serialised requests through a generic stream call with bytes in and
 out, several batches in flight per stream, so the client is not what is measured.
 
 Run: ``python bench/bench_anomaly.py [--batches N] [--series K] [--workers 0 2]
-[--forms observations columns] [--detectors real stub]``.
+[--forms observations columns] [--detectors real stub] [--replicas 1 2]``.
 Prints a table and one ``BENCH_JSON`` line. Uses AIOPS_DATABASE_URL when set, else
 starts a local Postgres in a temporary directory.
 """
@@ -42,6 +44,7 @@ import psutil  # noqa: E402
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from services.anomaly import sharding  # noqa: E402
 from services.kit import local_servers  # noqa: E402
 
 METHOD = "/aiops.anomaly.v1.AnomalyService/ScorePoints"
@@ -55,11 +58,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _payloads(form: str, batches: int, series: int, size: int, tag: str) -> list[bytes]:
-    """`batches` serialised requests of `size` points, each covering `series` series."""
+def _keys(series: int, tag: str, ring: sharding.Ring, owner: str) -> list[str]:
+    """`series` series keys that `owner` owns on `ring`."""
+    keys: list[str] = []
+    k = 0
+    while len(keys) < series:
+        key = f"bench_metric_{k}_{tag}"
+        if ring.owner(key) == owner:
+            keys.append(key)
+        k += 1
+    return keys
+
+
+def _payloads(form: str, batches: int, keys: list[str], size: int) -> list[bytes]:
+    """`batches` serialised requests of `size` points, spread over the series `keys`."""
     rng = np.random.default_rng(0)
-    per = size // series
-    keys = [f"bench_metric_{k}_{tag}" for k in range(series)]
+    per = size // len(keys)
     out = []
     for b in range(batches):
         req = an_svc.ScorePointsRequest(batch_id=str(b))
@@ -154,32 +168,40 @@ async def _stream(
 
 
 async def _run(
-    port: int,
+    ports: list[int],
     warm: list[list[bytes]],
     payloads: list[list[bytes]],
     window: int,
-    server: list[psutil.Process],
+    mains: list[psutil.Process],
+    workers: list[psutil.Process],
 ) -> dict[str, float]:
     """Runs one stream per entry of `payloads` (each on its own series, so no two streams
-    race on one series' time order) after a warm-up on other series."""
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[
-            ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.max_receive_message_length", 64 << 20),
-        ],
-    ) as ch:
-        method = ch.stream_stream(METHOD)
+    race on one series' time order; stream i to replica i mod len(ports)) after a warm-up
+    on other series."""
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}", options=options) for p in ports]
+    try:
+        methods = [ch.stream_stream(METHOD) for ch in channels]
+        pick = [methods[i % len(methods)] for i in range(len(payloads))]
         # Warm-up on other series (imports, worker start-up, first allocations).
-        await asyncio.gather(*(_stream(method, w, 1, []) for w in warm))
+        await asyncio.gather(*(_stream(m, w, 1, []) for m, w in zip(pick, warm, strict=True)))
         latencies: list[float] = []
         me = psutil.Process()
-        server_cpu, client_cpu = [_cpu([p]) for p in server], _cpu([me])
+        before = [_cpu(mains), _cpu(workers), _cpu([me])]
         start = time.perf_counter()
-        counts = await asyncio.gather(*(_stream(method, p, window, latencies) for p in payloads))
+        counts = await asyncio.gather(
+            *(_stream(m, p, window, latencies) for m, p in zip(pick, payloads, strict=True))
+        )
         elapsed = time.perf_counter() - start
-        server_cpu = [_cpu([p]) - c for p, c in zip(server, server_cpu, strict=True)]
-        client_cpu = _cpu([me]) - client_cpu
+        main_cpu, worker_cpu, client_cpu = (
+            _cpu(g) - b for g, b in zip((mains, workers, [me]), before, strict=True)
+        )
+    finally:
+        for ch in channels:
+            await ch.close()
     points = sum(counts)
     lat = np.asarray(latencies) * 1000.0
     return {
@@ -189,15 +211,17 @@ async def _run(
         "batch_p50_ms": float(np.percentile(lat, 50)),
         "batch_p99_ms": float(np.percentile(lat, 99)),
         "batch_max_ms": float(lat.max()),
-        # CPU as a share of one core over the run, and per point.
-        "server_main_cpu": server_cpu[0] / elapsed,
-        "server_workers_cpu": sum(server_cpu[1:]) / elapsed,
+        # CPU as a share of one core over the run (summed over replicas), and per point.
+        "server_main_cpu": main_cpu / elapsed,
+        "server_workers_cpu": worker_cpu / elapsed,
         "client_cpu": client_cpu / elapsed,
-        "server_cpu_us_per_point": sum(server_cpu) / points * 1e6,
+        "server_cpu_us_per_point": (main_cpu + worker_cpu) / points * 1e6,
     }
 
 
-def _serve(detector: str, workers: int, port: int, db_url: str) -> subprocess.Popen[bytes]:
+def _serve(
+    detector: str, workers: int, port: int, db_url: str, replicas: list[str]
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
@@ -211,9 +235,69 @@ def _serve(detector: str, workers: int, port: int, db_url: str) -> subprocess.Po
         "AIOPS_REMEDIATION_ADDR": "127.0.0.1:1",
         "AIOPS_FEEDBACK_ADDR": "127.0.0.1:1",
         "AIOPS_GRPC_MAX_MESSAGE_BYTES": str(64 << 20),
+        "AIOPS_ANOMALY_REPLICAS": ",".join(replicas) if len(replicas) > 1 else "",
+        "AIOPS_ANOMALY_REPLICA_SELF": f"127.0.0.1:{port}" if len(replicas) > 1 else "",
     }
     module = "bench.stub_detector" if detector == "stub" else "services.anomaly"
     return subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
+
+
+def _runs(
+    a: argparse.Namespace, detector: str, workers: int, replicas: int, db_url: str
+) -> list[dict[str, object]]:
+    """Every form against `replicas` fresh server processes of one configuration."""
+    ports = [_free_port() for _ in range(replicas)]
+    names = [f"127.0.0.1:{p}" for p in ports]
+    ring = sharding.Ring(names)
+    procs = [_serve(detector, workers, p, db_url, names) for p in ports]
+    results: list[dict[str, object]] = []
+    try:
+        for p in ports:
+            asyncio.run(_wait_ready(p))
+        mains = [psutil.Process(proc.pid) for proc in procs]
+        pool = [c for m in mains for c in m.children(recursive=True)]
+        streams = max(a.streams, replicas)
+        for form in a.forms:
+            n = a.batches if form == "columns" else a.observation_batches
+            # Fresh series keys per run so each starts from an empty detector.
+            tag = f"{detector}_{workers}_{replicas}_{form}"
+
+            def load(pre: str, count: int, form: str = form, tag: str = tag) -> list[list[bytes]]:
+                return [
+                    _payloads(
+                        form,
+                        count,
+                        _keys(a.series, f"{pre}{tag}_{i}", ring, names[i % replicas]),
+                        a.batch_size,
+                    )
+                    for i in range(streams)
+                ]
+
+            warm, payloads = load("warm_", 4), load("", n // streams)
+            try:
+                res = asyncio.run(_run(ports, warm, payloads, a.window, mains, pool))
+            except (grpc.aio.AioRpcError, RuntimeError) as exc:
+                sys.stderr.write(f"{tag}: failed: {exc!r}\n")
+                continue
+            results.append(
+                {
+                    "detector": detector,
+                    "scoring_workers": workers,
+                    "replicas": replicas,
+                    "form": form,
+                    "batch_size": a.batch_size,
+                    "series_per_batch": a.series,
+                    "streams": streams,
+                    "window": a.window,
+                    **res,
+                }
+            )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--forms", nargs="+", default=["observations", "columns"])
     ap.add_argument("--detectors", nargs="+", default=["real", "stub"])
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="anomaly replicas (runs with more than one use no scoring workers)",
+    )
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="bench-anomaly-")
     db_url = os.environ.get("AIOPS_DATABASE_URL", "")
@@ -241,56 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for detector in a.detectors:
             for workers in a.workers:
-                port = _free_port()
-                proc = _serve(detector, workers, port, db_url)
-                try:
-                    asyncio.run(_wait_ready(port))
-                    server = psutil.Process(proc.pid)
-                    procs = [server, *server.children(recursive=True)]
-                    for form in a.forms:
-                        n = a.batches if form == "columns" else a.observation_batches
-                        # Fresh series keys per run so each starts from an empty detector.
-                        tag = f"{detector}_{workers}_{form}"
-                        warm, payloads = (
-                            [
-                                _payloads(form, count, a.series, a.batch_size, f"{pre}{tag}_{i}")
-                                for i in range(a.streams)
-                            ]
-                            for pre, count in (("warm_", 4), ("", n // a.streams))
-                        )
-                        try:
-                            res = asyncio.run(_run(port, warm, payloads, a.window, procs))
-                        except (grpc.aio.AioRpcError, RuntimeError) as exc:
-                            sys.stderr.write(f"{tag}: failed: {exc!r}\n")
-                            continue
-                        results.append(
-                            {
-                                "detector": detector,
-                                "scoring_workers": workers,
-                                "form": form,
-                                "batch_size": a.batch_size,
-                                "series_per_batch": a.series,
-                                "streams": a.streams,
-                                "window": a.window,
-                                **res,
-                            }
-                        )
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
+                for replicas in a.replicas:
+                    if replicas > 1 and workers:
+                        continue
+                    results.extend(_runs(a, detector, workers, replicas, db_url))
     finally:
         if pg is not None:
             pg.close()
         tmp.cleanup()
     header = (
-        f"{'detector':>8} {'workers':>7} {'form':>12} {'points':>8} {'points/s':>11} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'srv cpu':>7} {'wrk cpu':>7} "
+        f"{'detector':>8} {'workers':>7} {'replicas':>8} {'form':>12} {'points':>8} "
+        f"{'points/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'srv cpu':>7} {'wrk cpu':>7} "
         f"{'cli cpu':>7} {'srv us/pt':>9}"
     )
     lines = [header]
     for r in results:
         lines.append(
-            f"{r['detector']:>8} {r['scoring_workers']:>7} {r['form']:>12} {r['points']:>8} "
+            f"{r['detector']:>8} {r['scoring_workers']:>7} {r['replicas']:>8} {r['form']:>12} "
+            f"{r['points']:>8} "
             f"{r['points_per_second']:>11,.0f} {r['batch_p50_ms']:>7.2f} "
             f"{r['batch_p99_ms']:>7.2f} {r['batch_max_ms']:>7.2f} "
             f"{r['server_main_cpu']:>7.0%} {r['server_workers_cpu']:>7.0%} "
@@ -298,9 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     sys.stdout.write(
         f"ScorePoints over gRPC, {a.batch_size}-point batches of {a.series} series, "
-        f"{a.streams} streams x {a.window} in flight "
+        f"at least {a.streams} streams x {a.window} in flight "
         "(target: >= 1,000,000 points/s, p99 < 10 ms)\n"
-        "cpu columns: share of one core (server main process, its scoring workers, client)\n"
+        "cpu columns: share of one core (server main processes summed over replicas, their "
+        "scoring workers, client)\n"
     )
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.write("BENCH_JSON " + json.dumps({"results": results}) + "\n")

@@ -1,8 +1,8 @@
 """The columnar form of a scoring batch: one entry per series with its points as arrays,
-validated with vectorised checks, and its outcome as arrays plus details of the few
-points that need more than a score.
+validated in one compiled pass, and its outcome as arrays plus details of the few points
+that need more than a score.
 
-Pure logic over numpy; no grpc or generated code.
+Pure logic over numpy and numba; no grpc or generated code.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from services.anomaly import domain
@@ -79,6 +80,31 @@ class ColumnsResult:
     opened: list[str]
 
 
+@numba.njit(cache=True, nogil=True)
+def _check_points(
+    micros: np.ndarray, values: np.ndarray, last_time: float, reasons: np.ndarray,
+    times: np.ndarray,
+) -> int:  # fmt: skip
+    # One pass: fills times (epoch seconds) and reasons, returns how many were rejected.
+    bound = last_time
+    rejected = 0
+    for i in range(values.shape[0]):
+        t = micros[i] / 1_000_000.0
+        times[i] = t
+        if micros[i] == 0:
+            reasons[i] = MISSING_TIME
+        elif not math.isfinite(values[i]):
+            reasons[i] = NON_FINITE_VALUE
+        elif t <= bound:
+            reasons[i] = NON_MONOTONIC_TIME
+        else:
+            reasons[i] = ACCEPTED
+            bound = t
+            continue
+        rejected += 1
+    return rejected
+
+
 def point_reasons(
     micros: np.ndarray, values: np.ndarray, last_time: float
 ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -86,35 +112,12 @@ def point_reasons(
     every point is accepted, and the sample times in epoch seconds (float64).
 
     A point is accepted when its time is set, its value finite and its time after that of
-    every accepted point before it (and after `last_time`, the series' latest) - exactly
-    what checking the points one by one would give, as a running maximum.
+    every accepted point before it (and after `last_time`, the series' latest): exactly
+    what checking the points one by one gives, in one compiled pass.
     """
-    times = micros / 1_000_000.0
     n = values.shape[0]
-    # The common case in three array operations: the sum of the values is finite only if
-    # every value is (an overflow merely takes the slow path), and times that rise from a
-    # positive first one are all set.
-    if (
-        n
-        and math.isfinite(values.sum())
-        and micros[0] > 0
-        and times[0] > last_time
-        and (n == 1 or bool((micros[1:] > micros[:-1]).all()))
-    ):
-        return None, times
-    reasons = np.zeros(n, dtype=np.int8)
-    reasons[~np.isfinite(values)] = NON_FINITE_VALUE
-    reasons[micros == 0] = MISSING_TIME
-    valid = reasons == ACCEPTED
-    if not n:
+    reasons = np.empty(n, dtype=np.int8)
+    times = np.empty(n)
+    if _check_points(micros, values, float(last_time), reasons, times) or not n:
         return reasons, times
-    bound = np.where(valid, times, -np.inf)
-    prev = np.empty_like(bound)
-    prev[0] = last_time
-    if n > 1:
-        np.maximum.accumulate(bound[:-1], out=prev[1:])
-        np.maximum(prev[1:], last_time, out=prev[1:])
-    # A rejected point never raises the bound, so the running maximum of the valid times
-    # before a point is the latest accepted time before it.
-    reasons[valid & (times <= prev)] = NON_MONOTONIC_TIME
-    return reasons, times
+    return None, times

@@ -185,10 +185,13 @@ class SeriesDetector:
         xs = np.ascontiguousarray(values, dtype=np.float64).ravel()
         if ts.shape != xs.shape:
             raise ValueError("timestamps and values must have the same length")
-        if not (np.isfinite(ts).all() and np.isfinite(xs).all()):
-            raise ValueError("timestamp and value must be finite")
-        if ts.size and (ts[0] < self._st[kernel.S_TLAST] or (np.diff(ts) < 0).any()):
-            raise ValueError("timestamps must be non-decreasing")
+        bad = kernel.check(self._st[kernel.S_TLAST], ts, xs)
+        if bad:
+            raise ValueError(
+                "timestamp and value must be finite"
+                if bad == 1
+                else "timestamps must be non-decreasing"
+            )
         out = np.empty(ts.size)
         flags = np.empty(ts.size, dtype=np.int64)
         kernel.run(self._consts, self._st, ts, xs, out, flags)

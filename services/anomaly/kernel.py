@@ -72,6 +72,21 @@ def new_state(nb: int, k: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def check(t_last: float, ts: np.ndarray, xs: np.ndarray) -> int:
+    """Why the points ts/xs cannot be scored after a point at `t_last`: 0 they can, 1 a
+    time or value is not finite, 2 a time is earlier than the one before it."""
+    prev = t_last
+    for i in range(ts.shape[0]):
+        t = ts[i]
+        if not (math.isfinite(t) and math.isfinite(xs[i])):
+            return 1
+        if t < prev:
+            return 2
+        prev = t
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
 def _insort(a: np.ndarray, lo: int, size: int, x: float) -> None:
     # Insert x into the ascending a[lo:lo+size] (room for one more), after equal values.
     i = lo + size

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import Gauge
 
-from services.anomaly import columns, domain, engine
+from services.anomaly import columns, domain, engine, recent
 from services.kit import errors, ids
 
 SCORE = Gauge(
@@ -144,8 +144,7 @@ class _Series:
     event: domain.Anomaly | None = None
     normal_run: int = 0
     last_anomalous_time: float = 0.0
-    recent: collections.deque[float] = field(default_factory=collections.deque)
-    recent_times: collections.deque[float] = field(default_factory=collections.deque)
+    recent: recent.RecentPoints = field(default_factory=lambda: recent.RecentPoints(1))
     dirty: bool = False
     evaluated: int = 0  # points seen at the latest drift evaluation
     seen: int = 0
@@ -209,7 +208,7 @@ class Monitor:
     def window(self, series: str) -> tuple[list[float], list[float]] | None:
         """The recent (times, values) of a series this replica tracks, oldest first."""
         s = self._series.get(series)
-        return None if s is None else (list(s.recent_times), list(s.recent))
+        return None if s is None else s.recent.lists()
 
     def due_for_drift(self, min_new: int) -> list[str]:
         """Series with at least `min_new` points since their latest drift evaluation."""
@@ -235,7 +234,7 @@ class Monitor:
     async def score_columns(
         self, entries: Sequence[columns.SeriesColumns]
     ) -> columns.ColumnsResult:
-        """Scores the columnar form: per entry, vectorised checks, one detector call and
+        """Scores the columnar form: per entry, compiled checks, one detector call and
         the event logic only for anomalous points and while an event is open."""
         async with self._lock:
             result = await self._score_columns_locked(entries)
@@ -453,10 +452,7 @@ class Monitor:
         where it is needed and updates the series' state."""
         s = self._series.get(key)
         if s is None:
-            s = self._series[key] = _Series(
-                recent=collections.deque(maxlen=self._recent_size),
-                recent_times=collections.deque(maxlen=self._recent_size),
-            )
+            s = self._series[key] = _Series(recent=recent.RecentPoints(self._recent_size))
         th = self._thresholds
         thr = th.effective(key)
         vals = out.values
@@ -489,8 +485,7 @@ class Monitor:
         s.gauge.set(float(vals[-1]))
         s.last_time = float(ts[-1])
         s.last_value = float(xs[-1])
-        s.recent.extend(xs.tolist())
-        s.recent_times.extend(ts.tolist())
+        s.recent.extend(ts, xs)
         s.seen += vals.shape[0]
         final = point_labels.get(vals.shape[0] - 1) or labels
         if final:
@@ -655,9 +650,7 @@ class Monitor:
                     stored = None
                 if stored is not None and stored.state is not domain.State.CLOSED:
                     event = stored
-            size = self._recent_size
-            recent: collections.deque[float] = collections.deque(c.recent, maxlen=size)
-            recent_times: collections.deque[float] = collections.deque(c.recent_times, maxlen=size)
+            kept = recent.RecentPoints(self._recent_size, c.recent_times, c.recent)
             self._series[c.series] = _Series(
                 last_time=c.last_time,
                 last_value=c.last_value,
@@ -665,9 +658,8 @@ class Monitor:
                 event=event,
                 normal_run=c.normal_run,
                 last_anomalous_time=c.last_anomalous_time,
-                recent=recent,
-                recent_times=recent_times,
-                seen=len(recent),
+                recent=kept,
+                seen=len(kept),
             )
         log.info("series resumed from checkpoints", extra={"count": len(found) - len(bad)})
 
@@ -683,6 +675,7 @@ class Monitor:
                 s = self._series[k]
                 if k not in states:
                     continue
+                kept_times, kept_values = s.recent.lists()
                 items.append(
                     domain.Checkpoint(
                         series=k,
@@ -693,8 +686,8 @@ class Monitor:
                         open_anomaly=s.event.id if s.event else "",
                         normal_run=s.normal_run,
                         last_anomalous_time=s.last_anomalous_time,
-                        recent=list(s.recent),
-                        recent_times=list(s.recent_times),
+                        recent=kept_values,
+                        recent_times=kept_times,
                     )
                 )
                 s.dirty = False

@@ -246,7 +246,7 @@ def _one_by_one(times: list[int], values: list[float], last: float) -> list[int]
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_vectorised_point_checks_match_checking_one_by_one(seed: int) -> None:
+def test_compiled_point_checks_match_checking_one_by_one(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 30))
     times = np.cumsum(rng.integers(-2, 4, n)) * MICROS + (0 if seed % 2 else 5 * MICROS)
