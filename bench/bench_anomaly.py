@@ -44,8 +44,7 @@ import psutil  # noqa: E402
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from services.anomaly import sharding  # noqa: E402
-from services.kit import local_servers  # noqa: E402
+from services.kit import local_servers, sharding  # noqa: E402
 
 METHOD = "/aiops.anomaly.v1.AnomalyService/ScorePoints"
 T0_MICROS = 1_700_000_000_000_000

@@ -19,13 +19,12 @@ from services.anomaly import (
     peers,
     scoring,
     servicer,
-    sharding,
     storage,
     threshold_storage,
     workers,
 )
 from services.anomaly.settings import AnomalySettings
-from services.kit import channels, errors, health, pg, serve
+from services.kit import channels, errors, health, pg, serve, sharding
 
 log = logging.getLogger(__name__)
 

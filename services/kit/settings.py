@@ -137,6 +137,20 @@ class Reader:
             return default
         return value
 
+    def addresses(self, name: builtins.str) -> tuple[builtins.str, ...]:
+        """A comma-separated list of `host:port` entries (empty when unset)."""
+        out = []
+        for part in self.str(name, "").split(","):
+            value = part.strip()
+            if not value:
+                continue
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < builtins.int(port) < 65536:
+                self.problems.append(f"{name}: {value!r} is not host:port")
+                continue
+            out.append(value)
+        return tuple(out)
+
     def build(self, cls: type[T], **values: Any) -> T:
         """Creates the settings object, or raises every problem collected so far."""
         if self.problems:

@@ -1,11 +1,15 @@
-"""Streams stored points to the anomaly service's `ScorePoints`.
+"""Streams stored points to the anomaly service's `ScorePoints`, in its columnar form.
 
-Points wait in a bounded buffer while anomaly is slow or away. When the buffer is full the
-oldest points are dropped; every drop is counted in a metric and logged (at most once per
-`log_every` seconds, with the count), never lost silently. The stream reconnects by itself
-with backoff, and a batch that was in flight when the stream broke is sent again first
-(anomaly refuses points that are not newer than the last it scored, so a repeat is
-harmless).
+When anomaly is sharded (several replicas, each owning the series the consistent-hash ring
+gives it) a `Router` keeps one stream per replica and sends each point to the replica that
+owns its series; with one address everything goes there.
+
+Points wait in a bounded buffer (one per replica) while anomaly is slow or away. When the
+buffer is full the oldest points are dropped; every drop is counted in a metric and logged
+(at most once per `log_every` seconds, with the count), never lost silently. The stream
+reconnects by itself with backoff, and a batch that was in flight when the stream broke is
+sent again first (anomaly refuses points that are not newer than the last it scored, so a
+repeat is harmless).
 """
 
 from __future__ import annotations
@@ -15,21 +19,23 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from aiops.anomaly.v1 import anomaly_pb2, anomaly_service_pb2
+from aiops.anomaly.v1 import anomaly_service_pb2
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 
+from services.kit import sharding
 from services.telemetry import domain
 
 log = logging.getLogger(__name__)
 
 BUFFER_DEPTH = Gauge(
-    "aiops_telemetry_forward_buffer_points", "Points waiting to be sent to the anomaly service."
+    "aiops_telemetry_forward_buffer_points",
+    "Points waiting to be sent to the anomaly service (all replicas).",
 )
 DROPPED = Counter(
     "aiops_telemetry_forward_dropped_points_total",
@@ -43,14 +49,20 @@ REFUSED = Counter(
     "Points the anomaly service acknowledged but refused to score.",
 )
 CONNECTED = Gauge(
-    "aiops_telemetry_forward_connected", "1 while the stream to the anomaly service works."
+    "aiops_telemetry_forward_connected",
+    "1 while the stream to every anomaly replica works.",
 )
 
 Item = tuple[str, float, float, tuple[tuple[str, str], ...]]
 
+# Forwarders not stopped yet; the two gauges are read from them at scrape time.
+_LIVE: weakref.WeakSet[Forwarder] = weakref.WeakSet()
+BUFFER_DEPTH.set_function(lambda: float(sum(f.depth for f in list(_LIVE))))
+CONNECTED.set_function(lambda: float(bool(_LIVE) and all(f.connected for f in list(_LIVE))))
+
 
 class Forwarder:
-    """The bounded buffer and the background stream to anomaly."""
+    """The bounded buffer and the background stream to one anomaly address (`target`)."""
 
     def __init__(
         self,
@@ -61,8 +73,10 @@ class Forwarder:
         timeout_seconds: float,
         stream_seconds: float = 60.0,
         log_every: float = 10.0,
+        target: str = "",
     ) -> None:
         self._stub = stub
+        self.target = target
         self._capacity = capacity
         self._batch = batch_size
         self._timeout = timeout_seconds
@@ -76,17 +90,21 @@ class Forwarder:
         self._connected = False
         self.dropped = 0
         self.sent = 0
+        _LIVE.add(self)
 
     @property
     def depth(self) -> int:
         return len(self._buffer)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def offer(self, rows: Sequence[domain.Row]) -> None:
         """Queues points; drops (and counts) the oldest ones when the buffer is full."""
         for r in rows:
             self._buffer.append((r.key, r.time, r.value, tuple(r.labels.items())))
         self._shrink()
-        BUFFER_DEPTH.set(len(self._buffer))
         self._wake.set()
 
     def _shrink(self) -> None:
@@ -103,6 +121,7 @@ class Forwarder:
             log.warning(
                 "anomaly buffer full; oldest points dropped",
                 extra={
+                    "target": self.target,
                     "dropped": self._dropped_unlogged,
                     "dropped_total": self.dropped,
                     "capacity": self._capacity,
@@ -121,8 +140,12 @@ class Forwarder:
                 await self._task
             self._task = None
         if self._dropped_unlogged:
-            log.warning("anomaly points dropped", extra={"dropped": self._dropped_unlogged})
-        CONNECTED.set(0)
+            log.warning(
+                "anomaly points dropped",
+                extra={"target": self.target, "dropped": self._dropped_unlogged},
+            )
+        self._connected = False
+        _LIVE.discard(self)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -156,14 +179,16 @@ class Forwarder:
     def _set_connected(self, up: bool, code: str = "") -> None:
         if up != self._connected:
             if up:
-                log.info("anomaly stream connected", extra={"buffered": len(self._buffer)})
+                log.info(
+                    "anomaly stream connected",
+                    extra={"target": self.target, "buffered": len(self._buffer)},
+                )
             else:
                 log.warning(
                     "anomaly stream down; buffering",
-                    extra={"code": code, "buffered": len(self._buffer)},
+                    extra={"target": self.target, "code": code, "buffered": len(self._buffer)},
                 )
         self._connected = up
-        CONNECTED.set(1 if up else 0)
 
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,7 +205,6 @@ class Forwarder:
                             await self._wake.wait()
                     continue
                 batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
-                BUFFER_DEPTH.set(len(self._buffer))
                 try:
                     seq += 1
                     async with asyncio.timeout(self._timeout):
@@ -192,7 +216,6 @@ class Forwarder:
                     # Not acknowledged: back to the front, oldest first.
                     self._buffer.extendleft(reversed(batch))
                     self._shrink()
-                    BUFFER_DEPTH.set(len(self._buffer))
                     raise
                 self._set_connected(True)
                 self.sent += len(batch)
@@ -206,11 +229,88 @@ class Forwarder:
 
 
 def _request(batch: Sequence[Item], batch_id: str) -> anomaly_service_pb2.ScorePointsRequest:
+    """The columnar request of a batch: one entry per run of a series' points with the same
+    labels, each series' points in the order they came."""
+    runs: dict[str, list[list[Item]]] = {}
+    for item in batch:
+        series_runs = runs.get(item[0])
+        if series_runs is None:
+            runs[item[0]] = [[item]]
+        elif series_runs[-1][-1][3] != item[3]:
+            series_runs.append([item])
+        else:
+            series_runs[-1].append(item)
     request = anomaly_service_pb2.ScorePointsRequest(batch_id=batch_id)
-    for key, when, value, labels in batch:
-        ts = timestamp_pb2.Timestamp()
-        ts.FromNanoseconds(round(when * 1e9))
-        request.observations.append(
-            anomaly_pb2.Observation(series=key, sample_time=ts, value=value, labels=dict(labels))
-        )
+    add = request.series_batches.add
+    for key, series_runs in runs.items():
+        for run in series_runs:
+            add(
+                series=key,
+                labels=dict(run[0][3]),
+                sample_time_micros=[round(when * 1_000_000) for _, when, _, _ in run],
+                values=[value for _, _, value, _ in run],
+            )
     return request
+
+
+class Router:
+    """One `Forwarder` per anomaly address; each point goes to the replica that owns its
+    series on the consistent-hash ring of those addresses (the same ring the replicas use
+    to refuse series they do not own)."""
+
+    def __init__(self, forwarders: Mapping[str, Forwarder]) -> None:
+        if not forwarders:
+            raise ValueError("at least one forwarder is needed")
+        self._forwarders = dict(forwarders)
+        self._ring = sharding.Ring(list(self._forwarders))
+        self._owners: dict[str, Forwarder] = {}
+
+    @property
+    def forwarders(self) -> list[Forwarder]:
+        return list(self._forwarders.values())
+
+    @property
+    def depth(self) -> int:
+        return sum(f.depth for f in self._forwarders.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(f.dropped for f in self._forwarders.values())
+
+    @property
+    def sent(self) -> int:
+        return sum(f.sent for f in self._forwarders.values())
+
+    def owner(self, series: str) -> Forwarder:
+        f = self._owners.get(series)
+        if f is None:
+            if len(self._owners) >= _OWNER_CACHE:
+                self._owners.clear()
+            f = self._owners[series] = self._forwarders[self._ring.owner(series)]
+        return f
+
+    def offer(self, rows: Sequence[domain.Row]) -> None:
+        """Queues each point on the buffer of the replica owning its series."""
+        if len(self._forwarders) == 1:
+            next(iter(self._forwarders.values())).offer(rows)
+            return
+        parts: dict[int, tuple[Forwarder, list[domain.Row]]] = {}
+        for r in rows:
+            f = self.owner(r.key)
+            part = parts.get(id(f))
+            if part is None:
+                parts[id(f)] = (f, [r])
+            else:
+                part[1].append(r)
+        for f, part_rows in parts.values():
+            f.offer(part_rows)
+
+    def start(self) -> None:
+        for f in self._forwarders.values():
+            f.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(f.stop() for f in self._forwarders.values()))
+
+
+_OWNER_CACHE = 100_000

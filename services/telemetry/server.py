@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import grpc
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 
@@ -74,6 +75,19 @@ class Retention:
             self._task = None
 
 
+def _anomaly_channel(
+    stack: contextlib.AsyncExitStack[bool | None], settings: TelemetrySettings, addr: str
+) -> grpc.aio.Channel:
+    channel = channels.open_channel(
+        addr,
+        service=ANOMALY_SERVICE,
+        tls_settings=settings.server.tls,
+        default_timeout_seconds=settings.anomaly_timeout_seconds,
+    )
+    stack.push_async_callback(channel.close, None)
+    return channel
+
+
 @contextlib.asynccontextmanager
 async def running(settings: TelemetrySettings) -> AsyncIterator[serve.Running]:
     """Starts the telemetry server with its pool, collector, forwarder and retention."""
@@ -97,20 +111,19 @@ async def running(settings: TelemetrySettings) -> AsyncIterator[serve.Running]:
         session = await stack.enter_async_context(
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         )
-        sink: forwarder.Forwarder | None = None
+        sink: forwarder.Router | None = None
         if settings.forward_enabled:
-            channel = channels.open_channel(
-                settings.anomaly_addr,
-                service=ANOMALY_SERVICE,
-                tls_settings=settings.server.tls,
-                default_timeout_seconds=settings.anomaly_timeout_seconds,
-            )
-            stack.push_async_callback(channel.close, None)
-            sink = forwarder.Forwarder(
-                anomaly_grpc.AnomalyServiceStub(channel),
-                capacity=settings.forward_buffer_points,
-                batch_size=settings.forward_batch_points,
-                timeout_seconds=settings.anomaly_timeout_seconds,
+            sink = forwarder.Router(
+                {
+                    addr: forwarder.Forwarder(
+                        anomaly_grpc.AnomalyServiceStub(_anomaly_channel(stack, settings, addr)),
+                        capacity=settings.forward_buffer_points,
+                        batch_size=settings.forward_batch_points,
+                        timeout_seconds=settings.anomaly_timeout_seconds,
+                        target=addr,
+                    )
+                    for addr in settings.anomaly_replicas or (settings.anomaly_addr,)
+                }
             )
             sink.start()
             stack.push_async_callback(sink.stop)

@@ -51,6 +51,7 @@ class TelemetrySettings:
     prometheus_queries: tuple[tuple[str, str], ...]
     lease_name: str
     anomaly_addr: str
+    anomaly_replicas: tuple[str, ...]
     forward_enabled: bool
     forward_buffer_points: int
     forward_batch_points: int
@@ -97,6 +98,9 @@ class TelemetrySettings:
             prometheus_queries=_queries(r, "AIOPS_TELEMETRY_PROMETHEUS_QUERIES"),
             lease_name=r.str("AIOPS_TELEMETRY_LEASE_NAME", "collector"),
             anomaly_addr=r.address("AIOPS_ANOMALY_ADDR", "127.0.0.1:50053"),
+            # The anomaly replicas' own addresses when it is sharded: each point goes to
+            # the replica owning its series. Empty: everything to AIOPS_ANOMALY_ADDR.
+            anomaly_replicas=r.addresses("AIOPS_ANOMALY_REPLICAS"),
             forward_enabled=r.bool("AIOPS_TELEMETRY_FORWARD_ENABLED", True),
             forward_buffer_points=r.int(
                 "AIOPS_TELEMETRY_FORWARD_BUFFER_POINTS", 100_000, min=10, max=10_000_000

@@ -14,7 +14,8 @@ from aiops.anomaly.v1 import anomaly_pb2 as an
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
 
-from services.anomaly import columns, detectors, sharding
+from services.anomaly import columns, detectors
+from services.kit import sharding
 from tests import helpers
 from tests.anomaly.conftest import StartAnomaly
 from tests.anomaly.test_scoring import STEP, T0, batch, noise, score_all

@@ -18,7 +18,8 @@ from aiops.anomaly.v1 import anomaly_pb2 as an
 from aiops.anomaly.v1 import anomaly_service_pb2 as an_svc
 from aiops.anomaly.v1 import anomaly_service_pb2_grpc as an_grpc
 
-from services.anomaly import detectors, sharding
+from services.anomaly import detectors
+from services.kit import sharding
 from tests import helpers
 from tests.anomaly.conftest import StartAnomaly, anomaly_env
 from tests.anomaly.test_scoring import STEP, T0, obs, score_all

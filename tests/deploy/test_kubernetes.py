@@ -298,6 +298,9 @@ def test_anomaly_shard_ring_matches_its_replicas(rendered: tuple[str, list[Doc]]
     assert env["AIOPS_ANOMALY_REPLICA_SELF"]["value"] == f"$(POD_NAME).{service}:50053"
     assert list(env).index("POD_NAME") < list(env).index("AIOPS_ANOMALY_REPLICA_SELF")
     assert _one(docs, "Service", service)["spec"]["clusterIP"] == "None"
+    # Telemetry routes each series to its owner, so it reads the same list.
+    telemetry = _containers(_one(docs, "Deployment", "telemetry"))[0]
+    assert {"configMapRef": {"name": "anomaly-sharding"}} in telemetry["envFrom"]
 
 
 def test_gateway_rollout_is_a_canary_analysed_on_the_suites_metrics(
