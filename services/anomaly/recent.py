@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 
@@ -34,19 +35,9 @@ class RecentPoints:
 
     def extend(self, times: np.ndarray, values: np.ndarray) -> None:
         """Appends points (oldest first); arrays of the same length."""
-        size = self._times.shape[0]
-        n = values.shape[0]
-        if n >= size:
-            times, values, n = times[-size:], values[-size:], size
-        start = self._next
-        first = min(n, size - start)
-        self._times[start : start + first] = times[:first]
-        self._values[start : start + first] = values[:first]
-        if first < n:
-            self._times[: n - first] = times[first:]
-            self._values[: n - first] = values[first:]
-        self._next = (start + n) % size
-        self._count = min(size, self._count + n)
+        self._next, self._count = _put(
+            self._times, self._values, self._next, self._count, times, values
+        )
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the (times, values) held, oldest first."""
@@ -59,3 +50,21 @@ class RecentPoints:
         """As `arrays`, as lists of floats."""
         times, values = self.arrays()
         return times.tolist(), values.tolist()
+
+
+@numba.njit(cache=True, nogil=True)
+def _put(
+    ring_t: np.ndarray, ring_x: np.ndarray, at: int, count: int, ts: np.ndarray, xs: np.ndarray
+) -> tuple[int, int]:
+    # Writes the newest min(len, size) points from `at` on, wrapping; returns the new
+    # (next, count).
+    size = ring_t.shape[0]
+    n = xs.shape[0]
+    first = max(0, n - size)
+    for i in range(first, n):
+        ring_t[at] = ts[i]
+        ring_x[at] = xs[i]
+        at += 1
+        if at == size:
+            at = 0
+    return at, min(size, count + n - first)

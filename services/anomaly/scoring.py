@@ -459,7 +459,7 @@ class Monitor:
         learned = th.learned(key)
         special: dict[int, float] = {}
         names: dict[int, str] = {}
-        if not learned and s.event is None and vals.max() < thr:
+        if not learned and s.event is None and columns.peak(vals) < thr:
             # The common case: nothing crossed, no event open, nothing more to do.
             hot = _NO_INDEXES
         else:
