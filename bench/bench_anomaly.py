@@ -257,6 +257,8 @@ def _runs(
         pool = [c for m in mains for c in m.children(recursive=True)]
         streams = max(a.streams, replicas)
         for form in a.forms:
+            if replicas > 1 and form != "columns":
+                continue
             n = a.batches if form == "columns" else a.observation_batches
             # Fresh series keys per run so each starts from an empty detector.
             tag = f"{detector}_{workers}_{replicas}_{form}"
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         default=[1, 2],
-        help="anomaly replicas (runs with more than one use no scoring workers)",
+        help="anomaly replicas (runs with more than one: real detector, no scoring workers, "
+        "columnar form only)",
     )
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="bench-anomaly-")
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         for detector in a.detectors:
             for workers in a.workers:
                 for replicas in a.replicas:
-                    if replicas > 1 and workers:
+                    # More replicas: the real detector, on the event loop, columnar form.
+                    if replicas > 1 and (workers or detector != "real"):
                         continue
                     results.extend(_runs(a, detector, workers, replicas, db_url))
     finally:
