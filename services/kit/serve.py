@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -202,6 +203,10 @@ async def run_until_signal(cm: AbstractAsyncContextManager[Running]) -> None:
         (second if first.is_set() else first).set()
 
     async with cm as running:
+        # What starting allocated (modules, generated code, pools) lives as long as the
+        # process; frozen, it is out of the cyclic collector's sight, so a full collection
+        # no longer walks ~150,000 objects (66 ms measured in anomaly) mid-request.
+        gc.freeze()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         await first.wait()
