@@ -7,9 +7,13 @@ from the timestamps plus a local offset, and the previous value) and uses the pr
 the lowest long-run error. Four statistics of that residual (spike, CUSUM level shift,
 deviation from the long-run scale, variance ratio) are each calibrated on the series' own
 history (a Pareto tail above a running high quantile, Hill tail index), so their tail
-probabilities mean the same on every series; a weighted Bonferroni takes the smallest. The
-value's rank among all values seen so far (how close it is to a new extreme) is combined
-with it by Fisher's method. A novelty filter then keeps only the surprise beyond the last
+probabilities mean the same on every series; a weighted Bonferroni takes the smallest.
+A pattern memory keeps, per phase of the day, the spikes the spike signal named: a spike
+that recurred at about the same phase (within pattern_jitter) in three consecutive periods
+is ordinary there, so a daily job's spike up to pattern_factor times its recurring size is
+no evidence (the calibrators still learn it, and any surplus counts). The value's rank
+among all values seen so far (how close it is to a new extreme) is combined with it by
+Fisher's method. A novelty filter then keeps only the surprise beyond the last
 alarm unless the series moves past that alarm's value, so a new behaviour scores high on its
 first point rather than while it lasts.
 """
@@ -52,6 +56,11 @@ class DetectorConfig:
         extreme_k: how many of the highest and lowest values are kept to rank new ones.
         extreme_factor: a value's rank probability counts as evidence only below
             1 / extreme_factor (only the top few percent of values are "rare").
+        pattern_jitter: seconds either side of a phase over which an excursion in an
+            earlier period counts as the same recurring one.
+        pattern_decay: per-period decay of a recurring excursion's remembered size.
+        pattern_factor: an excursion up to this multiple of the size that recurred at its
+            phase in the previous periods is ordinary (only the surplus is evidence).
     """
 
     alpha_level: float = 0.1
@@ -68,6 +77,9 @@ class DetectorConfig:
     tail_eta: float = 0.05
     extreme_k: int = 5
     extreme_factor: float = 30.0
+    pattern_jitter: float = 1800.0
+    pattern_decay: float = 0.9
+    pattern_factor: float = 1.5
 
     def __post_init__(self) -> None:
         rates = (self.alpha_level, self.alpha_slow, self.alpha_season, self.tail_q, self.tail_eta)
@@ -81,6 +93,14 @@ class DetectorConfig:
             raise ValueError("season_bins and warmup must be >= 1, extreme_k >= 2")
         if self.extreme_factor < 1.0:
             raise ValueError("extreme_factor must be >= 1")
+        if not (
+            self.pattern_jitter >= 0.0
+            and 0.0 <= self.pattern_decay < 1.0
+            and self.pattern_factor >= 0.0
+        ):
+            raise ValueError(
+                "pattern_jitter and pattern_factor must be >= 0, pattern_decay in [0, 1)"
+            )
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,7 @@ class SeriesDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
+        nb = c.season_bins
         consts = np.zeros(kernel.N_CONSTS)
         consts[
             [
@@ -114,6 +135,7 @@ class SeriesDetector:
                 kernel.C_ALARM, kernel.C_WARM, kernel.C_PERIOD, kernel.C_NB, kernel.C_Q,
                 kernel.C_DECAY, kernel.C_KTOP, kernel.C_XFAC, kernel.C_WARM_CUSUM,
                 kernel.C_M_STEADY, kernel.C_STEADY_UP, kernel.C_STEADY_DOWN, kernel.C_RATE_MIN,
+                kernel.C_PM_W, kernel.C_PM_DECAY, kernel.C_PM_FACTOR,
             ]
         ] = (
             c.alpha_level, c.alpha_slow, c.alpha_season, c.memory * c.tail_q,
@@ -127,6 +149,9 @@ class SeriesDetector:
             math.exp(c.tail_eta * (1.0 - c.tail_q)),
             math.exp(-c.tail_eta * c.tail_q),
             1.0 / c.memory,
+            # Phase bins either side that count as the same phase (up to half a period).
+            min(c.season_bins // 2, math.floor(c.pattern_jitter / c.season_seconds * nb)),
+            c.pattern_decay, c.pattern_factor,
         )  # fmt: skip
         self._consts = consts
         self._st = kernel.new_state(c.season_bins, c.extreme_k)
@@ -201,7 +226,7 @@ class SeriesDetector:
         """Returns a JSON-serialisable snapshot; ``from_state`` continues it exactly."""
         st = self._st
         c = self.config
-        prof, cnt, cal, top, bot, _ = kernel.layout(c.season_bins, c.extreme_k)
+        prof, cnt, cal, top, bot, pm, _ = kernel.layout(c.season_bins, c.extreme_k)
         kt = int(st[kernel.S_NTOP])
         scalars: dict[str, float | int] = {
             name: int(st[kernel.S_N + i]) for i, name in enumerate(kernel.INT_STATE)
@@ -218,6 +243,7 @@ class SeriesDetector:
             "calibrators": st[cal:top].reshape(kernel.N_CAL, kernel.CAL_WIDTH).tolist(),
             "highest": st[top : top + kt].tolist(),
             "lowest": (-st[bot : bot + kt]).tolist(),
+            "pattern": st[pm:].reshape(kernel.N_PM, c.season_bins).tolist(),
         }
 
     @classmethod
@@ -240,6 +266,8 @@ class SeriesDetector:
             cal = [[float(v) for v in cj] for cj in d["calibrators"]]
             top = sorted(float(v) for v in d["highest"])
             bot = sorted(-float(v) for v in d["lowest"])
+            # States from before the pattern memory start with an empty one.
+            pattern = [[float(v) for v in row] for row in d.get("pattern", [])]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed detector state: {exc}") from exc
         if (
@@ -249,9 +277,10 @@ class SeriesDetector:
             or any(len(cj) != kernel.CAL_WIDTH for cj in cal)
             or len(top) != len(bot)
             or len(top) > k
+            or (pattern and (len(pattern) != kernel.N_PM or any(len(r) != nb for r in pattern)))
         ):
             raise ValueError("malformed detector state: wrong sizes")
-        o_prof, o_cnt, o_cal, o_top, o_bot, _ = kernel.layout(nb, k)
+        o_prof, o_cnt, o_cal, o_top, o_bot, o_pm, _ = kernel.layout(nb, k)
         st = det._st
         st[: len(floats)] = floats
         st[kernel.S_N : kernel.S_N + len(ints)] = ints
@@ -262,6 +291,8 @@ class SeriesDetector:
         st[o_cal:o_top] = np.asarray(cal).ravel()
         st[o_top : o_top + len(top)] = top
         st[o_bot : o_bot + len(bot)] = bot
+        if pattern:
+            st[o_pm:] = np.asarray(pattern).ravel()
         return det
 
 

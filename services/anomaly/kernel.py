@@ -4,11 +4,15 @@ State and constants are flat float64 arrays so that one compiled loop serves bot
 at a time and whole batches, with bit-identical results. Integers (counts, flags, sizes) are
 stored as floats; they stay exact far beyond any series length. The state layout:
 
-``[SCALARS..., profile[nb], profile_counts[nb], calibrators[N_CAL * 5], top[k], bot[k]]``
+``[SCALARS..., profile[nb], profile_counts[nb], calibrators[N_CAL * 5], top[k], bot[k],
+pattern[N_PM * nb]]``
 
 where ``top`` holds the highest values seen (ascending, ``S_NTOP`` of them used) and ``bot``
-the negated lowest values (ascending). With ``NUMBA_DISABLE_JIT=1`` the same code runs as
-plain Python.
+the negated lowest values (ascending). ``pattern`` is the phase-excursion memory, N_PM arrays
+of nb (see PM_*): per phase bin the period it was last brought to, and for upward and
+downward excursions the largest one in this period and in each of the two before, and the
+recurring size (the smallest of three consecutive periods' largest, decaying per period).
+With ``NUMBA_DISABLE_JIT=1`` the same code runs as plain Python.
 """
 
 from __future__ import annotations
@@ -45,24 +49,32 @@ N_SCALARS = 25
     C_AL, C_AS, C_AP, C_WMAX, C_LAM, C_K, C_ALARM, C_WARM, C_PERIOD, C_NB, C_Q, C_DECAY,
     C_KTOP, C_XFAC, C_WARM_CUSUM, C_M_STEADY, C_STEADY_UP, C_STEADY_DOWN, C_RATE_MIN,
 ) = range(19)  # fmt: skip
-N_CONSTS = 19
+C_PM_W, C_PM_DECAY, C_PM_FACTOR = range(19, 22)
+N_CONSTS = 22
+# Phase-excursion memory: N_PM arrays of nb (one value per phase bin).
+N_PM = 9
+(
+    PM_STAMP, PM_CUR_UP, PM_LAST_UP, PM_LAST2_UP, PM_REC_UP,
+    PM_CUR_DN, PM_LAST_DN, PM_LAST2_DN, PM_REC_DN,
+) = range(N_PM)  # fmt: skip
 # Weighted Bonferroni over the calibrated signals; a variance change alone is weaker evidence.
 INV_WEIGHTS = np.array([4.0, 4.0, 4.0, 40.0])
 
 
-def layout(nb: int, k: int) -> tuple[int, int, int, int, int, int]:
-    """Offsets of (profile, counts, calibrators, top, bot) and the state's total size."""
+def layout(nb: int, k: int) -> tuple[int, int, int, int, int, int, int]:
+    """Offsets of (profile, counts, calibrators, top, bot, pattern) and the state's size."""
     prof = N_SCALARS
     cnt = prof + nb
     cal = cnt + nb
     top = cal + N_CAL * CAL_WIDTH
     bot = top + k
-    return prof, cnt, cal, top, bot, bot + k
+    pm = bot + k
+    return prof, cnt, cal, top, bot, pm, pm + N_PM * nb
 
 
 def new_state(nb: int, k: int) -> np.ndarray:
     """The state of a detector that has seen nothing."""
-    cal, size = layout(nb, k)[2], layout(nb, k)[5]
+    cal, size = layout(nb, k)[2], layout(nb, k)[6]
     st = np.zeros(size)
     st[S_TLAST] = -math.inf
     for j in range(N_CAL):
@@ -118,20 +130,31 @@ def _count_at_least(a: np.ndarray, lo: int, size: int, x: float) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _tail_p(st: np.ndarray, o: int, z: float, q0: float) -> float:
+    # Tail probability of statistic z from the calibrator at st[o:o+CAL_WIDTH], without
+    # updating it: 1 at or below its threshold.
+    w, u, h, m, pos = st[o], st[o + 1], st[o + 2], st[o + 3], st[o + 4]
+    if z <= 0.0 or m == 0.0 or z <= u:
+        return 1.0
+    return float(pos * q0 * math.exp(-math.log(z / u) * w / h))
+
+
+@numba.njit(cache=True, nogil=True)
 def _calibrate(st: np.ndarray, o: int, z: float, rate_pos: float, c: np.ndarray) -> float:
-    # Tail probability of statistic z from the calibrator at st[o:o+CAL_WIDTH], then the
-    # calibrator's update with z: a Pareto tail above a running (1 - q) quantile (Hill
-    # index w / h). Zero-inflated statistics (a CUSUM at rest) are fitted on their positive
-    # values and scaled by how often the statistic is positive.
+    # Tail probability of statistic z (`_tail_p`), then the calibrator's update with z: a
+    # Pareto tail above a running (1 - q) quantile (Hill index w / h). Zero-inflated
+    # statistics (a CUSUM at rest) are fitted on their positive values and scaled by how
+    # often the statistic is positive.
+    q0 = c[C_Q]
+    p = _tail_p(st, o, z, q0)
     w, u, h, m, pos = st[o], st[o + 1], st[o + 2], st[o + 3], st[o + 4]
     st[o + 4] = pos + rate_pos * ((1.0 if z > 0.0 else 0.0) - pos)
     if z <= 0.0:
-        return 1.0
+        return p
     if m == 0.0:
         st[o + 1] = z
         st[o + 3] = 1.0
-        return 1.0
-    q0 = c[C_Q]
+        return p
     st[o + 3] = m + 1.0
     if m < c[C_M_STEADY]:
         step = 1.0 / math.sqrt(m)
@@ -140,9 +163,8 @@ def _calibrate(st: np.ndarray, o: int, z: float, rate_pos: float, c: np.ndarray)
         f_up, f_down = c[C_STEADY_UP], c[C_STEADY_DOWN]
     if z <= u:
         st[o + 1] = u * f_down
-        return 1.0
+        return p
     e = math.log(z / u)
-    p = pos * q0 * math.exp(-e * w / h)
     lam = c[C_LAM]
     if w < c[C_WMAX]:
         st[o] = w + 1.0
@@ -151,7 +173,35 @@ def _calibrate(st: np.ndarray, o: int, z: float, rate_pos: float, c: np.ndarray)
         st[o] = w * lam + 1.0
         st[o + 2] = h * lam + e
     st[o + 1] = u * f_up
-    return float(p)
+    return p
+
+
+@numba.njit(cache=True, nogil=True)
+def _pm_roll(st: np.ndarray, o: int, nb: int, j: int, kp: float, decay: float) -> None:
+    # Brings phase bin j's memory forward to period kp (nothing to do if it is there).
+    # Each period that closes recurred as large as the smallest of its and the two previous
+    # periods' largest excursions; the recurring size keeps the larger of that and its
+    # decayed self.
+    last_k = st[o + PM_STAMP * nb + j]
+    if last_k >= kp:
+        return
+    gap = kp - last_k
+    for first in (PM_CUR_UP, PM_CUR_DN):
+        i_cur = o + first * nb + j
+        i_last, i_last2, i_rec = i_cur + nb, i_cur + 2 * nb, i_cur + 3 * nb
+        cur, last, last2 = st[i_cur], st[i_last], st[i_last2]
+        rec = st[i_rec] * decay
+        recurred = min(cur, last, last2)
+        if recurred > rec:
+            rec = recurred
+        if gap > 1.0:
+            # Periods without any excursion since.
+            rec *= decay ** min(gap - 1.0, 1000.0)
+        st[i_rec] = rec
+        st[i_last2] = last if gap == 1.0 else (cur if gap == 2.0 else 0.0)
+        st[i_last] = cur if gap == 1.0 else 0.0
+        st[i_cur] = 0.0
+    st[o + PM_STAMP * nb + j] = kp
 
 
 @numba.njit(cache=True, nogil=True)
@@ -167,11 +217,13 @@ def run(
     a_l0, a_s0, a_p, k, alarm_p = c[C_AL], c[C_AS], c[C_AP], c[C_K], c[C_ALARM]
     warm, period, nb, decay = c[C_WARM], c[C_PERIOD], int(c[C_NB]), c[C_DECAY]
     ktop, xfac, warm_cusum, rate_min = int(c[C_KTOP]), c[C_XFAC], c[C_WARM_CUSUM], c[C_RATE_MIN]
+    pm_w, pm_decay, pm_factor = int(c[C_PM_W]), c[C_PM_DECAY], c[C_PM_FACTOR]
     o_prof = N_SCALARS
     o_cnt = o_prof + nb
     o_cal = o_cnt + nb
     o_top = o_cal + N_CAL * CAL_WIDTH
     o_bot = o_top + ktop
+    o_pm = o_bot + ktop
     inf = math.inf
 
     t0, x_last, lvl, sc, off, sc2 = st[S_T0], st[S_XLAST], st[S_LVL], st[S_SC], st[S_OFF], st[S_SC2]
@@ -190,6 +242,7 @@ def run(
             t0 = t
         floor = 0.1 * absdiff + 1e-9 * (abs(lvl) + 1.0)
         b = int((t % period) / period * nb) % nb
+        kp = round((t - t % period) / period)  # the period's index
         # Residuals of the three predictors, from the state before this point.
         r0 = x - lvl
         seasonal_ok = st[o_cnt + b] > 0
@@ -202,13 +255,27 @@ def run(
         if n > 1 and maerw < best:
             r, s_fast = rw, scrw
         ar = abs(r)
+        # Pattern memory: the part of the excursion that recurs at this phase in earlier
+        # periods (up to pm_factor times its recurring size) is ordinary, not evidence.
+        _pm_roll(st, o_pm, nb, b, float(kp), pm_decay)
+        rec = st[o_pm + (PM_REC_UP if r > 0.0 else PM_REC_DN) * nb + b]
+        expl = pm_factor * rec
+        if expl > ar:
+            expl = ar
+        ar_e = ar - expl
         if n >= warm_cusum:
-            us = (x - base) / (sbase + floor)
+            dv = x - base
+            if dv * r > 0.0:
+                dv = dv - expl if dv > 0.0 else dv + expl
+                if dv * r < 0.0:
+                    dv = 0.0
+            us = dv / (sbase + floor)
             cp = max(0.0, cp + us - k)
             cm = max(0.0, cm - us - k)
-        vf_new = vf + a_l0 * (ar - vf)
+        vf_new = vf + a_l0 * (ar_e - vf)
         fl = 0
         p = 1.0
+        p_spike_raw = 1.0
         if n >= warm:
             zs[0] = ar / (s_fast + floor)
             zs[1] = cp if cp > cm else cm
@@ -220,7 +287,16 @@ def run(
             if rate_pos < rate_min:
                 rate_pos = rate_min
             for j in range(N_CAL_POINT):
-                pz = _calibrate(st, o_cal + j * CAL_WIDTH, zs[j], rate_pos, c)
+                o = o_cal + j * CAL_WIDTH
+                if expl > 0.0 and (j == 0 or j == 2):
+                    # The calibrator learns the raw statistic; only the surplus over the
+                    # size that recurs at this phase counts as evidence.
+                    pz = _tail_p(st, o, zs[j] * ar_e / ar, c[C_Q])
+                    p_raw = _calibrate(st, o, zs[j], rate_pos, c)
+                else:
+                    pz = p_raw = _calibrate(st, o, zs[j], rate_pos, c)
+                if j == 0:
+                    p_spike_raw = p_raw
                 pj[j] = pz
                 pz *= INV_WEIGHTS[j]
                 if pz < p_point:
@@ -272,6 +348,19 @@ def run(
         ref *= decay
         out[i] = 1.0 - math.exp(lq)
         flags[i] = fl
+        # Remember a spike (one the spike signal names, before any discount) at this phase,
+        # spread over +-pm_w bins for timing jitter between periods.
+        if p_spike_raw < alarm_p:
+            cur_i = PM_CUR_UP if r > 0.0 else PM_CUR_DN
+            a0 = kp * nb + b
+            for aa in range(a0 - pm_w, a0 + pm_w + 1):
+                j = aa % nb
+                kj = (aa - j) // nb
+                if st[o_pm + PM_STAMP * nb + j] > kj:
+                    continue
+                _pm_roll(st, o_pm, nb, j, float(kj), pm_decay)
+                if ar > st[o_pm + cur_i * nb + j]:
+                    st[o_pm + cur_i * nb + j] = ar
         # State update; count-based rates while warming up.
         a_l = 1.0 / (n + 1) if n * a_l0 < 1.0 else a_l0
         a_s = 1.0 / (n + 1) if n * a_s0 < 1.0 else a_s0

@@ -33,6 +33,16 @@ def _daily(n: int, seed: int) -> np.ndarray:
     return 50.0 + 10.0 * np.sin(2 * math.pi * t / 86400.0) + rng.normal(0.0, 1.0, n)
 
 
+def _daily_job(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    # Noise with a spike from a daily job at about 03:00 (+-15 minutes); returns the rows.
+    x = _noise(n, seed)
+    day = int(86400 / STEP)
+    jitter = np.random.default_rng(seed + 1).integers(-3, 4, n // day + 1)
+    rows = [d * day + 36 + int(jitter[d]) for d in range(n // day) if d * day + 39 < n]
+    x[rows] += 15.0
+    return x, rows
+
+
 def _streamed(x: np.ndarray, t: np.ndarray | None = None) -> list[detectors.Score]:
     det = detectors.SeriesDetector()
     tt = _times(x.size) if t is None else t
@@ -86,6 +96,34 @@ def test_checkpoint_round_trip_continues_identically() -> None:
     restored = detectors.SeriesDetector.from_state(state)
     rest = restored.score_batch(t[1700:], x[1700:])
     np.testing.assert_array_equal(np.concatenate([first, rest]), reference)
+
+
+def test_pattern_memory_is_compiled_as_plain_python_and_checkpointed() -> None:
+    x, _ = _daily_job(3000, 40)
+    t = _times(x.size)
+    reference = detectors.SeriesDetector().score_batch(t, x)
+    out_p, flags_p = np.empty(x.size), np.empty(x.size, dtype=np.int64)
+    plain = detectors.SeriesDetector()
+    kernel.run.py_func(plain._consts, plain._st, t, x, out_p, flags_p)
+    np.testing.assert_array_equal(out_p, reference)
+    det = detectors.SeriesDetector()
+    first = det.score_batch(t[:2000], x[:2000])
+    state = json.loads(json.dumps(det.to_state()))
+    assert any(v > 0.0 for v in state["pattern"][kernel.PM_REC_UP])
+    rest = detectors.SeriesDetector.from_state(state).score_batch(t[2000:], x[2000:])
+    np.testing.assert_array_equal(np.concatenate([first, rest]), reference)
+
+
+def test_checkpoint_without_pattern_memory_still_loads() -> None:
+    # States saved before the pattern memory existed continue with an empty one.
+    x = _daily(600, 41)
+    det = detectors.SeriesDetector()
+    det.score_batch(_times(600), x)
+    state = det.to_state()
+    del state["pattern"]
+    restored = detectors.SeriesDetector.from_state(state)
+    assert restored.count == 600
+    assert restored.score(T0 + 600 * STEP, 50.0).value >= 0.0
 
 
 def test_checkpoint_of_fresh_detector_round_trips() -> None:
@@ -182,6 +220,21 @@ def test_small_sustained_shift_is_named_level_shift(seed: int) -> None:
     assert max(s.value for s in scores[2000:2050]) >= THRESHOLD
 
 
+def test_recurring_daily_spike_becomes_ordinary_at_its_phase() -> None:
+    x, rows = _daily_job(4000, 42)
+    other = rows[-2] + 144  # the same spike at 15:00
+    x[other] += 15.0
+    big = rows[-1]  # the daily job's spike, three times its usual size
+    x[big] += 30.0
+    s = detectors.SeriesDetector().score_batch(_times(x.size), x)
+    assert s[rows[1]] >= THRESHOLD  # new on the second day
+    # From the fourth day (after three in a row) the job's spike is no evidence ...
+    assert all(s[r] < THRESHOLD for r in rows[3:-1])
+    # ... but the same spike at another time of day is, and so is a far larger one.
+    assert s[other] >= THRESHOLD
+    assert s[big] >= THRESHOLD
+
+
 def test_new_extreme_is_named() -> None:
     x = _noise(2000, 33)
     x[1800] = x[:1800].max() + 5.0
@@ -200,6 +253,9 @@ def test_new_extreme_is_named() -> None:
         {"warmup": 0},
         {"extreme_k": 1},
         {"extreme_factor": 0.5},
+        {"pattern_jitter": -1.0},
+        {"pattern_decay": 1.0},
+        {"pattern_factor": -0.5},
     ],
 )
 def test_config_rejects_invalid_values(bad: dict[str, float]) -> None:
