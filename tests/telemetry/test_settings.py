@@ -18,6 +18,7 @@ def test_default_targets_are_the_suites_own_metrics_endpoints() -> None:
         "http://127.0.0.1:9154/metrics",
     )
     assert s.anomaly_addr == "127.0.0.1:50053"
+    assert s.anomaly_replicas == ()
     assert s.retention_seconds == 30 * 86400
     moved = TelemetrySettings.from_env(
         {
@@ -43,6 +44,15 @@ def test_bad_values_are_reported_together() -> None:
                 "AIOPS_TELEMETRY_COLLECT_INTERVAL_SECONDS": "1",
                 "AIOPS_TELEMETRY_SCRAPE_TIMEOUT_SECONDS": "2",
                 "AIOPS_ANOMALY_ADDR": "nohost",
+                "AIOPS_ANOMALY_REPLICAS": "a:1, b ,c:70000",
             }
         )
-    assert len(exc.value.problems) == 4
+    assert len(exc.value.problems) == 6
+    assert any("'b' is not host:port" in p for p in exc.value.problems)
+
+
+def test_anomaly_replicas_are_a_list_of_addresses() -> None:
+    s = TelemetrySettings.from_env(
+        {"AIOPS_ANOMALY_REPLICAS": " anomaly-0.anomaly-replicas:50053, anomaly-1.x:50053 ,"}
+    )
+    assert s.anomaly_replicas == ("anomaly-0.anomaly-replicas:50053", "anomaly-1.x:50053")
