@@ -137,13 +137,14 @@ class Collector:
             results = await asyncio.gather(*scrapes)
             prom = await asyncio.gather(*queries)
             samples: list[domain.Incoming] = []
+            views = []
             for url, (_, scrape) in zip(cfg.targets, results, strict=True):
-                history = self._histories[url]
-                history.add(now, scrape)
-                samples += critical.raw_samples(
-                    history, cfg.raw_metrics, sources.instance(url), now
-                )
-            values = critical.compute(list(self._histories.values()), now, cfg.window)
+                # On-demand rounds between the loop's keep at most one scrape per half
+                # interval; the rest count for this round only.
+                view = self._histories[url].add(now, scrape, cfg.interval / 2)
+                views.append(view)
+                samples += critical.raw_samples(view, cfg.raw_metrics, sources.instance(url), now)
+            values = critical.compute(views, now, cfg.window)
             overrides: dict[str, float] = {}
             for (name, _), answer in zip(cfg.prometheus_queries, prom, strict=False):
                 if any(s.metric == name for s in critical.SPECS):

@@ -91,11 +91,28 @@ class History:
         self.scrapes: collections.deque[Scrape] = collections.deque()
         self.attempts: collections.deque[tuple[float, bool]] = collections.deque()
 
-    def add(self, when: float, scrape: Scrape | None) -> None:
+    def add(self, when: float, scrape: Scrape | None, min_spacing: float = 0.0) -> History:
+        """Records an attempt and its scrape, and returns the history to derive from.
+
+        A scrape less than `min_spacing` seconds after the newest one kept is not kept, but
+        the returned view ends with it: however often callers ask for a round, the window
+        holds at most one scrape per `min_spacing`, so deriving the metrics (a pass over
+        every sample of every scrape kept) stays bounded instead of growing with the rate
+        of calls. Increases stay exact between the scrapes kept, like a coarser scrape
+        interval."""
         self.attempts.append((when, scrape is not None))
-        if scrape is not None:
-            self.scrapes.append(scrape)
         self.trim(when)
+        if scrape is None:
+            return self
+        if not self.scrapes or scrape.time - self.scrapes[-1].time >= min_spacing:
+            self.scrapes.append(scrape)
+            self.trim(when)
+            return self
+        view = History(self.window)
+        view.scrapes = collections.deque(self.scrapes)
+        view.scrapes.append(scrape)
+        view.attempts = self.attempts
+        return view
 
     def trim(self, now: float) -> None:
         # Keep one scrape older than the window as the baseline of the first increase.

@@ -7,7 +7,8 @@ rate schemathesis always reports through `hypothesis.target`) plus the Pareto fr
 configured example database keeps; neither can be switched off from the CLI. Here each
 operation runs with only the generate phase, no database, no shrinking, one keep-alive HTTP
 session, and the same four checks; operations are split over several processes by the
-caller, since generation is CPU-bound and the CLI's workers are threads under one GIL.
+caller (each process claims the next operation not yet taken), since generation is
+CPU-bound and the CLI's workers are threads under one GIL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import hypothesis
@@ -49,6 +51,7 @@ def run_operation(
     operation: Any, session: requests.Session, headers: dict[str, str], cases: int, seed: int
 ) -> dict[str, Any]:
     """Sends at least `cases` generated requests to one operation and checks each answer."""
+    began = time.monotonic()
     done = 0
     failures: list[str] = []
     statuses: dict[str, int] = {}
@@ -87,17 +90,23 @@ def run_operation(
     # cases: its distinct cases are sent again until the count is reached.
     while done < cases and generated:
         send(generated[done % len(generated)])
-    return {"cases": done, "failures": failures, "statuses": statuses}
+    return {
+        "cases": done,
+        "failures": failures,
+        "statuses": statuses,
+        "seconds": round(time.monotonic() - began, 1),
+    }
 
 
 def main() -> None:
-    """Environment: ST_URL (the schema), ST_TOKEN, ST_CASES per operation, ST_PARTS and
-    ST_PART (this process takes every ST_PARTS-th operation from ST_PART), ST_SEED."""
+    """Environment: ST_URL (the schema), ST_TOKEN, ST_CASES per operation, ST_CLAIMS (a
+    directory the processes share: each takes the next operation nobody has claimed, so a
+    process held up by a slow operation takes fewer), ST_SEED."""
     out_path = sys.argv[1]
     url = os.environ["ST_URL"]
     headers = {"Authorization": f"Bearer {os.environ['ST_TOKEN']}"}
     cases = int(os.environ.get("ST_CASES", "1000"))
-    parts, part = int(os.environ.get("ST_PARTS", "1")), int(os.environ.get("ST_PART", "0"))
+    claims = os.environ["ST_CLAIMS"]
     seed = int(os.environ.get("ST_SEED", "20261126"))
     schema = schemathesis.openapi.from_url(url)
     operations = sorted(
@@ -107,8 +116,10 @@ def main() -> None:
     report: dict[str, Any] = {}
     with requests.Session() as session:
         for index, operation in enumerate(operations):
-            if index % parts != part:
-                continue
+            try:
+                os.close(os.open(os.path.join(claims, str(index)), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue  # another process has it
             label = f"{operation.method.upper()} {operation.path}"
             report[label] = run_operation(operation, session, headers, cases, seed + index)
     with open(out_path, "w", encoding="utf-8") as out:

@@ -128,3 +128,21 @@ def test_counter_increase_survives_a_reset_without_going_negative() -> None:
     # 30 before the reset, then 5 from zero, then 20.
     assert inc == {("c_total", ()): 55.0}
     assert all(v >= 0 for v in inc.values())
+
+
+def test_dense_rounds_keep_a_bounded_history_and_exact_increases() -> None:
+    history = critical.History(300.0)
+    view = history
+    # A caller asking for a round every 0.1 s for 100 s; the counter rises by 1 each time.
+    for i in range(1000):
+        view = history.add(i * 0.1, _scrape(i * 0.1, float(i)), min_spacing=7.5)
+    assert len(history.scrapes) <= 100 / 7.5 + 1
+    assert view.scrapes[-1].time == pytest.approx(99.9)  # the latest round still counts
+    assert len(view.attempts) == 1000
+    # The increase over the kept scrapes plus the latest is the same as over every one.
+    assert critical.increases(list(view.scrapes), lambda k: True) == {("c_total", ()): 999.0}
+    # Rounds as far apart as the spacing are all kept.
+    spaced = critical.History(300.0)
+    for i in range(10):
+        assert spaced.add(i * 15.0, _scrape(i * 15.0, float(i)), min_spacing=7.5) is spaced
+    assert len(spaced.scrapes) == 10
