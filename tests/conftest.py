@@ -16,7 +16,7 @@ from aiohttp import web
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
 
 from gateway import app as gateway_app
-from gateway import keyring
+from gateway import keyring, slowclient
 from gateway.settings import GatewaySettings
 from services.anomaly import server as anomaly_server
 from services.anomaly.settings import AnomalySettings
@@ -219,8 +219,13 @@ async def serve_gateway(
     ring = keyring.Keyring.load_or_create(
         keyring_dir, max_token_ttl_seconds=settings.max_token_ttl_seconds
     )
-    application = gateway_app.create_app(settings, ring)
-    runner = web.AppRunner(application, access_log=None, **gateway_app.HANDLER_ARGS)
+    # The runner gateway/worker.py serves with: slow clients are cut off here too.
+    runner = slowclient.GuardedAppRunner(
+        gateway_app.create_app(settings, ring),
+        slowclient.Limits(settings.header_timeout_seconds, settings.body_timeout_seconds),
+        access_log=None,
+        **gateway_app.HANDLER_ARGS,
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from aiops.feedback.v1 import feedback_pb2 as fb
 from aiops.feedback.v1 import feedback_service_pb2 as fb_svc
 from aiops.feedback.v1 import feedback_service_pb2_grpc as fb_grpc
@@ -23,9 +22,6 @@ from aiops.telemetry.v1 import telemetry_pb2 as tel
 from aiops.telemetry.v1 import telemetry_service_pb2 as tel_svc
 from aiops.telemetry.v1 import telemetry_service_pb2_grpc as tel_grpc
 
-from gateway import app as gateway_app
-from gateway import keyring, slowclient
-from gateway.settings import GatewaySettings
 from services.kit import serve
 from services.telemetry import server as telemetry_server
 from services.telemetry.settings import TelemetrySettings
@@ -221,45 +217,17 @@ async def test_concurrent_streams_per_connection_are_capped(
 # -- slow clients ------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def guarded_gateway(
-    backends: dict[str, serve.Running], keyring_dir: Path
-) -> AsyncIterator[tuple[int, Gateway]]:
-    """The gateway served through `slowclient.GuardedAppRunner`, as gateway/worker.py does."""
-    env = {
-        "AIOPS_GATEWAY_JWT_KEYRING_DIR": str(keyring_dir),
-        "AIOPS_REDIS_URL": "redis://127.0.0.1:1/0",
-        "AIOPS_GATEWAY_HEALTH_CACHE_SECONDS": "0",
-        "AIOPS_GATEWAY_HEADER_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
-        "AIOPS_GATEWAY_BODY_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
-    }
-    for name, running in backends.items():
-        env[f"AIOPS_{name.upper()}_ADDR"] = f"127.0.0.1:{running.port}"
-    settings = GatewaySettings.from_env(env)
-    ring = keyring.Keyring.load_or_create(keyring_dir, max_token_ttl_seconds=3600)
-    runner = slowclient.GuardedAppRunner(
-        gateway_app.create_app(settings, ring),
-        slowclient.Limits(settings.header_timeout_seconds, settings.body_timeout_seconds),
-        access_log=None,
-        **gateway_app.HANDLER_ARGS,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield port, Gateway(f"http://127.0.0.1:{port}", ring, session, settings)
-    finally:
-        await runner.cleanup()
-
-
 @pytest.fixture
 async def guarded(
     feedback_running: serve.Running, tmp_path: Path
 ) -> AsyncIterator[tuple[int, Gateway]]:
-    async with guarded_gateway({"feedback": feedback_running}, tmp_path / "keys") as out:
-        yield out
+    async with serve_gateway(
+        {"feedback": feedback_running},
+        tmp_path / "keys",
+        AIOPS_GATEWAY_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+        AIOPS_GATEWAY_BODY_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+    ) as gw:
+        yield int(gw.base_url.rsplit(":", 1)[1]), gw
 
 
 async def _trickle(port: int, head: bytes, drip: bytes) -> float:
